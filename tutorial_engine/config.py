@@ -1,0 +1,87 @@
+"""Engine configuration: the knobs vLLM / nano-vLLM name the same way."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+ATTENTION_BACKENDS = ("auto", "torch", "triton", "flash_attn")
+PREFIX_CACHING_MODES = ("none", "hash", "radix")
+LOAD_FORMATS = ("auto", "dummy")
+
+
+@dataclass
+class EngineConfig:
+    """Everything ``LLM(model=..., **config)`` accepts.
+
+    Memory: ``num_kvcache_blocks`` pages of ``kvcache_block_size`` tokens each hold
+    the KV cache. Left as ``None`` it is sized from ``gpu_memory_utilization`` of the
+    GPU (after profiling a worst-case step), or from ``cpu_kvcache_space_gib`` on a CPU.
+
+    Raises:
+        ValueError: for out-of-range values, naming the value and the fix.
+    """
+
+    model: str
+    max_num_seqs: int = 256
+    max_num_batched_tokens: int = 8192
+    max_model_len: int | None = None
+    gpu_memory_utilization: float = 0.9
+    cpu_kvcache_space_gib: float = 1.0
+    kvcache_block_size: int = 16
+    num_kvcache_blocks: int | None = None
+    enforce_eager: bool = False
+    enable_chunked_prefill: bool = True
+    prefix_caching: str = "none"
+    tensor_parallel_size: int = 1
+    attention_backend: str = "auto"
+    device: str = "auto"
+    dtype: str = "auto"
+    seed: int = 0
+    load_format: str = "auto"
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.max_num_seqs >= 1, f"max_num_seqs={self.max_num_seqs} must be >= 1"),
+            (self.max_num_batched_tokens >= 1, f"max_num_batched_tokens={self.max_num_batched_tokens} must be >= 1"),
+            (self.kvcache_block_size >= 1, f"kvcache_block_size={self.kvcache_block_size} must be >= 1"),
+            (0 < self.gpu_memory_utilization <= 1, f"gpu_memory_utilization={self.gpu_memory_utilization} must be in (0, 1]"),
+            (self.cpu_kvcache_space_gib > 0, f"cpu_kvcache_space_gib={self.cpu_kvcache_space_gib} must be > 0"),
+            (self.num_kvcache_blocks is None or self.num_kvcache_blocks >= 1,
+             f"num_kvcache_blocks={self.num_kvcache_blocks} must be >= 1 (or None to size it from memory)"),
+            (self.max_model_len is None or self.max_model_len >= 1, f"max_model_len={self.max_model_len} must be >= 1"),
+            (self.tensor_parallel_size >= 1, f"tensor_parallel_size={self.tensor_parallel_size} must be >= 1"),
+            (self.attention_backend in ATTENTION_BACKENDS,
+             f"attention_backend={self.attention_backend!r} is unknown; choose one of {ATTENTION_BACKENDS}"),
+            (self.prefix_caching in PREFIX_CACHING_MODES,
+             f"prefix_caching={self.prefix_caching!r} is unknown; choose one of {PREFIX_CACHING_MODES}"),
+            (self.load_format in LOAD_FORMATS, f"load_format={self.load_format!r} is unknown; choose one of {LOAD_FORMATS}"),
+            (self.dtype in ("auto", "float32", "float16", "bfloat16"),
+             f"dtype={self.dtype!r} is unknown; choose 'auto', 'float32', 'float16' or 'bfloat16'"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(message)
+        if not Path(self.model).is_dir():
+            raise FileNotFoundError(
+                f"model={self.model!r} is not a folder; pass the path of a Hugging Face checkpoint "
+                "folder (config.json + *.safetensors), e.g. a local download of Qwen/Qwen3-0.6B."
+            )
+
+    def resolve_device(self) -> torch.device:
+        if self.device == "auto":
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device(self.device)
+
+
+def resolve_dtype(requested: str, checkpoint_dtype: torch.dtype | None, device: torch.device) -> torch.dtype:
+    """``auto`` keeps the checkpoint's dtype on a GPU and uses float32 on a CPU."""
+    if requested != "auto":
+        return getattr(torch, requested)
+    if device.type == "cpu":
+        return torch.float32
+    if checkpoint_dtype in (torch.float16, torch.bfloat16):
+        return checkpoint_dtype
+    return torch.bfloat16

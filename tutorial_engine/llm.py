@@ -1,0 +1,80 @@
+"""The user-facing entry point: ``LLM(model=PATH).generate(prompts, params)``."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence as SequenceABC
+
+from tqdm.auto import tqdm
+
+from .config import EngineConfig
+from .engine import LLMEngine, Prompt
+from .sampling_params import SamplingParams
+from .sequence import Sequence
+
+
+class LLM:
+    """An offline inference engine over one checkpoint, with vLLM's interface.
+
+    Args:
+        model: path of a Hugging Face checkpoint folder.
+        **config: any :class:`EngineConfig` field, e.g. ``max_num_seqs``,
+            ``num_kvcache_blocks``, ``attention_backend``, ``device``, ``dtype``.
+
+    Raises:
+        FileNotFoundError, ValueError: before loading anything heavy, when the folder
+            or a setting is wrong (the message names the value and the fix).
+    """
+
+    def __init__(self, model: str, **config) -> None:
+        unknown = set(config) - set(EngineConfig.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"unknown LLM options {sorted(unknown)}; see tutorial_engine.EngineConfig for the list.")
+        self.engine = LLMEngine(EngineConfig(model=str(model), **config))
+        self.tokenizer = self.engine.tokenizer
+
+    def generate(
+        self,
+        prompts: Prompt | list[Prompt],
+        sampling_params: SamplingParams | list[SamplingParams] | None = None,
+        use_tqdm: bool = True,
+    ) -> list[dict]:
+        """Generate a completion for each prompt (text, or a list of token ids).
+
+        Every prompt is validated before any runs, so one bad prompt raises
+        ValueError without starting work. Returns, in input order, dicts with
+        ``text``, ``token_ids``, ``prompt_token_ids``, ``finish_reason`` ("stop" or
+        "length"), ``num_cached_tokens`` (prompt tokens served by the prefix cache),
+        ``ttft`` (seconds from submission to the first token) and ``itl`` (seconds
+        between later tokens).
+        """
+        if isinstance(prompts, str) or (isinstance(prompts, SequenceABC) and prompts and isinstance(prompts[0], int)):
+            prompts = [prompts]
+        params = sampling_params if sampling_params is not None else SamplingParams()
+        if isinstance(params, SamplingParams):
+            params = [params] * len(prompts)
+        if len(params) != len(prompts):
+            raise ValueError(f"got {len(params)} sampling_params for {len(prompts)} prompts; pass one, or one per prompt.")
+        seqs = [self.engine.make_sequence(p, sp) for p, sp in zip(prompts, params)]
+        for seq in seqs:
+            self.engine.add_sequence(seq)
+        with tqdm(total=len(seqs), desc="Generating", disable=not use_tqdm, dynamic_ncols=True) as bar:
+            while self.engine.has_unfinished():
+                bar.update(len(self.engine.step()))
+        return [self._output(seq) for seq in seqs]
+
+    def _output(self, seq: Sequence) -> dict:
+        times = [seq.arrival_time, *seq.token_times]
+        return {
+            "text": self.engine.decode(seq.output_token_ids),
+            "token_ids": seq.output_token_ids,
+            "prompt_token_ids": seq.prompt_token_ids,
+            "finish_reason": seq.finish_reason,
+            "num_cached_tokens": seq.num_cached_tokens,
+            "ttft": seq.first_token_time - seq.arrival_time,
+            "itl": [b - a for a, b in zip(times[1:], times[2:])],
+        }
+
+    def get_metrics(self) -> dict:
+        """Cumulative counters: steps, prefill/decode tokens, preemptions, prefix-cache
+        queried/hit tokens, chunked-prefill steps, batched tokens per step."""
+        return self.engine.metrics.as_dict()
