@@ -46,9 +46,10 @@ class Sampler:
             [params[i].top_k for i in random_rows],
             [params[i].top_p for i in random_rows],
         )
-        noise = torch.empty_like(probs)
-        for r, i in enumerate(random_rows):
-            noise[r].exponential_(generator=self._generator(seq_ids[i], params[i]))
+        noise = torch.empty_like(probs).exponential_(generator=self.generator)
+        for r, i in enumerate(random_rows):  # seeded requests redraw from their own generator
+            if params[i].seed is not None:
+                noise[r].exponential_(generator=self._generator(seq_ids[i], params[i]))
         greedy[rows] = (probs / noise).argmax(dim=-1)
         return greedy.tolist()
 

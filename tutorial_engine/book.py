@@ -1,0 +1,38 @@
+"""Helpers the book's notebooks share: which checkpoint to run, measured GPU results,
+and showing engine source so the text never drifts from the code."""
+
+from __future__ import annotations
+
+import inspect
+import json
+import os
+from pathlib import Path
+
+from .tiny import tiny_model_path
+
+MODEL_ENV = "TUTORIAL_ENGINE_MODEL"
+DATA_DIR = Path(__file__).resolve().parents[1] / "book" / "data"
+
+
+def model_path() -> str:
+    """The checkpoint notebooks use: ``$TUTORIAL_ENGINE_MODEL`` (e.g. a local download
+    of Qwen3-0.6B on a GPU box) or, by default, the built-in tiny random Qwen3."""
+    return os.environ.get(MODEL_ENV) or str(tiny_model_path("qwen3"))
+
+
+def load_result(name: str) -> dict:
+    """A measured result committed under ``book/data/NAME.json``.
+
+    Raises FileNotFoundError naming the benchmark command's output it expected.
+    """
+    path = DATA_DIR / f"{name}.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing; run the GPU measurement that writes it (see the chapter).")
+    return json.loads(path.read_text())
+
+
+def show_source(obj) -> "object":
+    """Display the source of an engine function or class, syntax highlighted."""
+    from IPython.display import Code
+
+    return Code(inspect.getsource(obj), language="python")
