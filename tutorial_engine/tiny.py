@@ -79,7 +79,13 @@ def write_tiny_checkpoint(path: str | Path, architecture: str = "qwen3", seed: i
     model = getattr(transformers, model_cls)(config).to(torch.float32)
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(path, safe_serialization=True)
+    bars_on = transformers.utils.logging.is_progress_bar_enabled()
+    transformers.utils.logging.disable_progress_bar()  # keeps notebooks' stored outputs identical on reruns
+    try:
+        model.save_pretrained(path, safe_serialization=True)
+    finally:
+        if bars_on:
+            transformers.utils.logging.enable_progress_bar()
     tokenizer.save_pretrained(path)
     return path
 
