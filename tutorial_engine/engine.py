@@ -43,7 +43,7 @@ class LLMEngine:
         model = build_model(self.spec, config, self.device, self.dtype)
         num_blocks = config.num_kvcache_blocks or self._auto_num_blocks()
         self.metrics = Metrics()
-        self.kv_cache = KVCacheManager(num_blocks, config.kvcache_block_size)
+        self.kv_cache = KVCacheManager(num_blocks, config.kvcache_block_size, config.prefix_caching)
         self.model_runner = ModelRunner(config, model, self.device, num_blocks)
         self.scheduler = Scheduler(config, self.max_model_len, self.kv_cache, self.eos_token_ids, self.metrics)
         self._seq_ids = itertools.count()

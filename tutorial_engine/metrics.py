@@ -44,5 +44,11 @@ class Metrics:
             partial |= not item.samples
         self.num_chunked_prefill_steps += partial
 
+    def record_prefix_lookup(self, num_queried_tokens: int, num_hit_tokens: int) -> None:
+        """An admission looked ``num_queried_tokens`` (all of the sequence's tokens) up in
+        the prefix cache and was served ``num_hit_tokens`` of them."""
+        self.prefix_cache_queried_tokens += num_queried_tokens
+        self.prefix_cache_hit_tokens += num_hit_tokens
+
     def as_dict(self) -> dict:
         return asdict(self)

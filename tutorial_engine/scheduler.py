@@ -9,6 +9,9 @@ what remains of the ``max_num_batched_tokens`` budget goes to prompt chunks, so 
 step may mix decodes and (partial) prefills. Without it a step is either all
 prefill (whole prompts) or all decode, as in nano-vLLM.
 
+On admission a sequence first takes the pages of its longest cached prefix from
+the prefix cache (if one is on) and is scheduled only for the rest of its tokens.
+
 When the KV cache runs out of pages the most recently admitted sequence is
 preempted by *recompute* (vLLM, Kwon et al., SOSP 2023, section 4.5): its pages are
 freed and it returns to the front of the queue, keeping its generated tokens.
@@ -124,12 +127,17 @@ class Scheduler:
         admitted = False
         while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs:
             seq = self.waiting[0]
-            num_new = seq.num_uncomputed_tokens
-            if num_new > budget and not self.chunked_prefill:
+            num_hit = self.kv_cache.match_prefix(seq)  # cached prefix pages: nothing to compute
+            num_new = min(seq.num_uncomputed_tokens, budget)
+            too_long = num_new < seq.num_uncomputed_tokens and not self.chunked_prefill
+            if too_long or not self.kv_cache.allocate_slots(seq, num_new):
+                self.kv_cache.free(seq)  # hand the matched pages back; retry next step
+                seq.num_computed_tokens = 0
                 break
-            num_new = min(num_new, budget)
-            if not self.kv_cache.allocate_slots(seq, num_new):
-                break
+            if self.kv_cache.prefix_cache is not None:
+                self.metrics.record_prefix_lookup(seq.num_tokens, num_hit)
+            if seq.num_preemptions == 0:
+                seq.num_cached_tokens = num_hit
             self.waiting.popleft()
             seq.status = SequenceStatus.RUNNING
             self.running.append(seq)
@@ -141,6 +149,7 @@ class Scheduler:
     def _preempt(self, seq: Sequence, out: SchedulerOutput) -> None:
         self.kv_cache.free(seq)
         seq.num_computed_tokens = 0
+        seq.num_preemptions += 1
         seq.status = SequenceStatus.WAITING
         self.running.remove(seq)
         self.waiting.appendleft(seq)
@@ -159,6 +168,7 @@ class Scheduler:
             seq = item.seq
             samples = item.samples
             seq.num_computed_tokens += item.num_new_tokens
+            self.kv_cache.cache_blocks(seq, item.num_new_tokens)
             if not samples:
                 continue
             token = next(tokens)

@@ -1,0 +1,95 @@
+"""RadixAttention's cache policy (SGLang, Zheng et al., NeurIPS 2024) on our pages.
+
+The :class:`~.radix_tree.RadixTree` does the data structure; this adapter ties it to
+sequences and the page allocator, the way SGLang's scheduler uses its radix cache:
+
+- admission: longest-prefix match, lock the matched path, share its pages;
+- after a prefill chunk: insert the pages computed so far (so a request arriving
+  while a long prompt is still being prefilled can already reuse its first chunks),
+  adopt the tree's copy of any page another request inserted first (freeing ours),
+  and move the lock to the new end of the path;
+- finish or preemption: insert everything computed, unlock, drop the sequence's
+  references; the pages stay in the tree until evicted.
+
+Decode steps insert nothing: a request's generated tokens enter the tree when it
+finishes (or is preempted), which keeps the per-step cost of decoding at zero.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from .base import PrefixCache
+from .radix_tree import RadixNode, RadixTree
+
+if TYPE_CHECKING:
+    from ..block_manager import BlockAllocator
+    from ..sequence import Sequence
+
+
+@dataclass
+class LockedPath:
+    """The tree path a running sequence holds locked: it ends at ``node`` and covers
+    the sequence's first ``num_tokens`` tokens."""
+
+    node: RadixNode
+    num_tokens: int
+
+
+class RadixPrefixCache(PrefixCache):
+    """A radix tree of pages, with SGLang's lock / insert / LRU-leaf-eviction policy."""
+
+    def __init__(self, allocator: BlockAllocator, block_size: int) -> None:
+        super().__init__(allocator, block_size)
+        self.tree = RadixTree(block_size)
+        self.paths: dict[int, LockedPath] = {}
+
+    def match(self, seq: Sequence) -> int:
+        pages, node = self.tree.match_prefix(seq.token_ids[: self.max_cacheable_tokens(seq)])
+        self.tree.lock(node)
+        for page in pages:
+            self.allocator.incref(page)
+        seq.block_table.extend(pages)
+        seq.num_computed_tokens = len(pages) * self.block_size
+        self.paths[seq.seq_id] = LockedPath(node, seq.num_computed_tokens)
+        return seq.num_computed_tokens
+
+    def cache(self, seq: Sequence, num_new_tokens: int) -> None:
+        if num_new_tokens > 1:  # a prefill chunk, not a decode step
+            self._insert(seq)
+
+    def _insert(self, seq: Sequence) -> None:
+        """Insert ``seq``'s computed whole pages and re-lock the path to their end."""
+        num_pages = seq.num_computed_tokens // self.block_size
+        path = self.paths[seq.seq_id]
+        if num_pages * self.block_size <= path.num_tokens:
+            return
+        table = seq.block_table
+        result = self.tree.insert(seq.token_ids[: num_pages * self.block_size], table[:num_pages])
+        num_existing = result.num_existing_tokens // self.block_size
+        for i in range(num_existing):
+            if result.pages[i] != table[i]:  # another request inserted this prefix first
+                self.allocator.incref(result.pages[i])
+                self.allocator.decref(table[i])
+                table[i] = result.pages[i]
+        for page in table[num_existing:num_pages]:
+            self.allocator.incref(page)  # the tree's own reference to the pages it adopted
+        self.tree.lock(result.node)
+        self.tree.unlock(path.node)
+        self.paths[seq.seq_id] = LockedPath(result.node, num_pages * self.block_size)
+
+    def release(self, seq: Sequence) -> None:
+        self._insert(seq)
+        self.tree.unlock(self.paths.pop(seq.seq_id).node)
+        for page in reversed(seq.block_table):
+            self.allocator.decref(page)
+        seq.block_table.clear()
+
+    @property
+    def num_evictable_blocks(self) -> int:
+        return self.tree.evictable_size
+
+    def evict(self, num_blocks: int) -> None:
+        for page in self.tree.evict(num_blocks):
+            self.allocator.decref(page)
