@@ -1,11 +1,14 @@
 """Attention backends over the paged KV cache.
 
 ``torch`` is the readable reference; faster backends (``triton``, ``flash_attn``)
-implement the same two functions and are tested against it.
+implement the same two functions and are tested against it. Their modules import
+Triton / flash-attn, so they are loaded only when asked for.
 """
 
 from __future__ import annotations
 
+import importlib.util
+import os
 from dataclasses import dataclass
 from typing import Callable
 
@@ -22,24 +25,58 @@ class AttentionBackend:
     name: str
     store_kvcache: Callable[..., None]
     paged_attention: Callable[..., torch.Tensor]
-    # True when a decode-only step reads lengths and block tables only from device
-    # tensors and never syncs with the host, so it can be captured in a CUDA graph
-    # (see tutorial_engine/cuda_graph.py). The torch reference loops over Python lists.
-    supports_cuda_graphs: bool = False
 
 
 TORCH_BACKEND = AttentionBackend("torch", torch_backend.store_kvcache, torch_backend.paged_attention)
 
 
+def _installed(package: str) -> bool:
+    return importlib.util.find_spec(package) is not None
+
+
+def _triton_runs_on(device: torch.device) -> bool:
+    """Triton compiles for CUDA GPUs; on a CPU only its interpreter (``TRITON_INTERPRET=1``) runs it."""
+    return _installed("triton") and (device.type == "cuda" or os.environ.get("TRITON_INTERPRET") == "1")
+
+
+def _load(name: str) -> AttentionBackend:
+    module = importlib.import_module(f"{__name__}.{name}_backend")
+    return AttentionBackend(name, module.store_kvcache, module.paged_attention)
+
+
 def get_attention_backend(name: str, device: torch.device) -> AttentionBackend:
-    """Resolve ``attention_backend`` (``auto`` picks the fastest available on ``device``).
+    """Resolve ``attention_backend``: ``torch``, ``triton``, ``flash_attn`` or ``auto``.
+
+    ``auto`` is the fastest available on ``device``: ``flash_attn`` (if importable) >
+    ``triton`` on a CUDA GPU; ``torch`` on a CPU (the Triton interpreter is far slower).
 
     Raises:
-        ValueError: when the named backend cannot run on ``device``.
+        ValueError: when the named backend cannot run on ``device``, saying what is missing.
     """
-    if name in ("auto", "torch"):
+    if name == "auto":
+        if device.type != "cuda":
+            return TORCH_BACKEND
+        if _installed("flash_attn"):
+            return _load("flash_attn")
+        return _load("triton") if _installed("triton") else TORCH_BACKEND
+    if name == "torch":
         return TORCH_BACKEND
-    raise ValueError(f"attention_backend={name!r} is not available on {device}; use 'torch' or 'auto'.")
+    if name == "triton":
+        if not _triton_runs_on(device):
+            raise ValueError(
+                f"attention_backend='triton' cannot run on {device}: it needs the `triton` package and a CUDA GPU "
+                "(or TRITON_INTERPRET=1 set before Triton is imported, a slow CPU interpreter for tests); "
+                "use 'torch' or 'auto'."
+            )
+        return _load("triton")
+    if name == "flash_attn":
+        if device.type != "cuda" or not _installed("flash_attn") or not _installed("triton"):
+            raise ValueError(
+                f"attention_backend='flash_attn' cannot run on {device}: it needs a CUDA GPU with the `flash-attn` "
+                "and `triton` packages installed; use 'triton', 'torch' or 'auto'."
+            )
+        return _load("flash_attn")
+    raise ValueError(f"attention_backend={name!r} is unknown; use 'auto', 'torch', 'triton' or 'flash_attn'.")
 
 
 __all__ = ["AttentionBackend", "AttentionMetadata", "TORCH_BACKEND", "get_attention_backend"]
