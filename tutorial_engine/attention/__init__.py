@@ -25,6 +25,10 @@ class AttentionBackend:
     name: str
     store_kvcache: Callable[..., None]
     paged_attention: Callable[..., torch.Tensor]
+    # True when a decode-only step reads lengths and block tables only from device
+    # tensors and never syncs with the host, so it can be captured in a CUDA graph
+    # (see tutorial_engine/cuda_graph.py). The torch reference loops over Python lists.
+    supports_cuda_graphs: bool = False
 
 
 TORCH_BACKEND = AttentionBackend("torch", torch_backend.store_kvcache, torch_backend.paged_attention)
@@ -41,7 +45,7 @@ def _triton_runs_on(device: torch.device) -> bool:
 
 def _load(name: str) -> AttentionBackend:
     module = importlib.import_module(f"{__name__}.{name}_backend")
-    return AttentionBackend(name, module.store_kvcache, module.paged_attention)
+    return AttentionBackend(name, module.store_kvcache, module.paged_attention, supports_cuda_graphs=True)
 
 
 def get_attention_backend(name: str, device: torch.device) -> AttentionBackend:
