@@ -44,8 +44,10 @@ class LLM:
         ValueError without starting work. Returns, in input order, dicts with
         ``text``, ``token_ids``, ``prompt_token_ids``, ``finish_reason`` ("stop" or
         "length"), ``num_cached_tokens`` (prompt tokens served by the prefix cache),
-        ``ttft`` (seconds from submission to the first token) and ``itl`` (seconds
-        between later tokens).
+        ``ttft`` (seconds from submission to the first token), ``itl`` (seconds
+        between consecutive later tokens) and ``tpot`` (their mean, time per output
+        token after the first; None for a one-token output). Summarize many with
+        :func:`tutorial_engine.metrics.summarize_latency`.
         """
         if isinstance(prompts, str) or (isinstance(prompts, SequenceABC) and prompts and isinstance(prompts[0], int)):
             prompts = [prompts]
@@ -72,6 +74,7 @@ class LLM:
             "num_cached_tokens": seq.num_cached_tokens,
             "ttft": seq.first_token_time - seq.arrival_time,
             "itl": [b - a for a, b in zip(times[1:], times[2:])],
+            "tpot": (times[-1] - times[1]) / (len(times) - 2) if len(times) > 2 else None,
         }
 
     def get_metrics(self) -> dict:

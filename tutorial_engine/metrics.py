@@ -1,9 +1,13 @@
-"""Engine counters, exposed by ``LLM.get_metrics()``."""
+"""Engine counters, exposed by ``LLM.get_metrics()``, and latency summaries of
+``LLM.generate`` outputs."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING
+
+import numpy as np
 
 if TYPE_CHECKING:
     from .scheduler import SchedulerOutput
@@ -52,3 +56,31 @@ class Metrics:
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+
+def summarize_latency(outputs: list[dict], percentiles: tuple[float, ...] = (50, 90, 99)) -> dict[str, float]:
+    """Serving-latency summary of ``LLM.generate`` outputs, in seconds.
+
+    Returns ``ttft_pNN`` (time to first token) and ``itl_pNN`` (inter-token latency,
+    pooled over all requests' gaps) for each percentile (linear interpolation, as
+    ``numpy.percentile``), and ``tpot_mean``, the mean over requests of their time
+    per output token after the first (vLLM's benchmark definitions). A statistic with
+    no samples (e.g. ITL when every request made one token) is NaN. Kept out of
+    ``get_metrics()`` on purpose: those counters are deterministic, timings are not.
+
+    Raises:
+        ValueError: when ``outputs`` is empty.
+    """
+    if not outputs:
+        raise ValueError("no outputs to summarize; pass the list LLM.generate returned.")
+    samples = {
+        "ttft": [o["ttft"] for o in outputs],
+        "itl": [gap for o in outputs for gap in o["itl"]],
+    }
+    summary = {}
+    for name, values in samples.items():
+        for q in percentiles:
+            summary[f"{name}_p{q:g}"] = float(np.percentile(values, q)) if values else math.nan
+    tpots = [o["tpot"] for o in outputs if o["tpot"] is not None]
+    summary["tpot_mean"] = float(np.mean(tpots)) if tpots else math.nan
+    return summary
