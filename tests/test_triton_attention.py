@@ -3,8 +3,9 @@
 Without a GPU they run under Triton's CPU interpreter (``TRITON_INTERPRET=1``, set
 here before Triton is imported, since ``triton.jit`` reads it when a kernel is
 defined), on small shapes. Triton is in the ``test`` extra: a missing Triton is an
-import error here, never a silent skip. The GPU versions of these checks, at real
-sizes, are in tests/gpu/test_attention_gpu.py.
+import error here, never a silent skip. The cases are float32: the interpreter's
+``tl.dot`` on bf16 operands returns garbage (seen with Triton 3.9), so bf16 is checked
+on the GPU, with real sizes, in tests/gpu/test_attention_gpu.py.
 """
 
 from __future__ import annotations
