@@ -11,7 +11,7 @@ per byte, so its speed limit is memory bandwidth. This command measures:
 3. a sweep of the kernel's knobs (tile size, warps, pipeline stages, splits) that chose
    the defaults in ``triton_backend.py``, contexts 256..8k, and small batches at 4k
    where split-K (Flash-Decoding) matters;
-4. the prefill kernel against PyTorch's SDPA (flash) on plain causal prompts.
+4. the prefill kernel against PyTorch's SDPA (flash) on plain causal prompts, and its tiles.
 
 Usage (on a CUDA GPU): ``python -m tutorial_engine.experiments.decode_bandwidth``
 writes ``book/data/paged_attention_h200.json`` (``--out`` to change) with the GPU name,
@@ -107,6 +107,22 @@ def prefill_vs_sdpa(num_prompts: int = 16, prompt_len: int = 1024) -> dict:
             "sdpa_tflops": round(flops / sdpa / 1e9, 1)}
 
 
+def prefill_sweep(num_prompts: int = 16, prompt_len: int = 1024) -> list[dict]:
+    """Tile shapes of the paged prefill kernel on plain prompts (TFLOP/s, causal half counted)."""
+    b = random_paged_batch([prompt_len] * num_prompts, [prompt_len] * num_prompts, NUM_HEADS, NUM_KV_HEADS, HEAD_DIM,
+                           16, dtype=DTYPE, device="cuda")
+    m = b.meta
+    flops = 4 * num_prompts * NUM_HEADS * HEAD_DIM * prompt_len * (prompt_len + 1) / 2
+    rows = []
+    for block_m, block_n, warps, stages in itertools.product((64, 128), (32, 64), (4, 8), (2, 3)):
+        ms = median_ms(lambda: paged_prefill(b.query, b.k_cache, b.v_cache, m.block_tables, m.seq_lens,
+                                             m.query_start_loc, m.max_query_len, b.scale, block_m=block_m,
+                                             block_n=block_n, num_warps=warps, num_stages=stages))
+        rows.append({"block_m": block_m, "block_n": block_n, "num_warps": warps, "num_stages": stages,
+                     "time_us": round(ms * 1e3, 1), "tflops": round(flops / ms / 1e9, 1)})
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON file to write")
@@ -130,12 +146,14 @@ def main() -> None:
         knobs = default_knobs(256, context)
         by_context.append(row(256, context, 16, knobs, time_decode(case, **knobs), case["kv_bytes"], copy_gbs))
         del case
-    by_batch = []
+    by_batch = []  # split-K (Flash-Decoding) at 4k context: every split count, the default marked
     for batch in (1, 4, 16, 64, 256):
         case = decode_case(batch, 4096)
-        for splits in sorted({1, default_knobs(batch, 4096)["num_splits"]}):
-            knobs = {**default_knobs(batch, 4096), "num_splits": splits}
-            by_batch.append(row(batch, 4096, 16, knobs, time_decode(case, **knobs), case["kv_bytes"], copy_gbs))
+        default = default_knobs(batch, 4096)
+        for splits in (1, 2, 4, 8, 16):
+            knobs = {**default, "num_splits": splits}
+            by_batch.append({**row(batch, 4096, 16, knobs, time_decode(case, **knobs), case["kv_bytes"], copy_gbs),
+                             "is_default": splits == default["num_splits"]})
         del case
     result = {
         "gpu": torch.cuda.get_device_name(),
@@ -149,10 +167,11 @@ def main() -> None:
         "by_batch": by_batch,
         "prefill": prefill_vs_sdpa(),
         "sweep": [] if args.no_sweep else sweep(copy_gbs),
+        "prefill_sweep": [] if args.no_sweep else prefill_sweep(),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1) + "\n")
-    for r in headline + by_batch:
+    for r in headline + [r for r in by_batch if r["is_default"]]:
         print(f"batch {r['batch']:4d} ctx {r['context']:5d} page {r['block_size']:3d} splits {r['num_splits']:2d}: "
               f"{r['time_us']:8.1f} us {r['bandwidth_gbs']:7.0f} GB/s ({100 * r['fraction_of_copy']:.0f}% of copy)")
     print("prefill", result["prefill"])
@@ -162,6 +181,8 @@ def main() -> None:
             for r in best:
                 print(f"sweep ctx {context}: block_n {r['block_n']} warps {r['num_warps']} stages {r['num_stages']} "
                       f"splits {r['num_splits']}: {r['time_us']:.1f} us {r['bandwidth_gbs']:.0f} GB/s")
+    for r in sorted(result["prefill_sweep"], key=lambda r: r["time_us"])[:4]:
+        print("prefill sweep", r)
     print(f"wrote {args.out}")
 
 
