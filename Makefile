@@ -1,6 +1,8 @@
 # Set-up and the two jobs the README promises. Every target installs what it needs first.
 PYTHON ?= python3
 PIP = $(PYTHON) -m pip
+# jupyter-book 1.x has no `python -m jupyter_book`; call its CLI with this interpreter.
+JUPYTER_BOOK = $(PYTHON) -c "from jupyter_book.cli.main import main; main()"
 
 .PHONY: install book test demo
 
@@ -11,12 +13,13 @@ install:
 
 # Main job: build the book, executing its notebooks on the CPU with the built-in tiny model.
 book: install
-	$(PYTHON) -m jupyter_book build . -W -n --keep-going
+	$(JUPYTER_BOOK) build . -W -n --keep-going
 	@echo "Book built: $(CURDIR)/_build/html/index.html"
 
-# The whole test suite: unit tests, notebook re-execution (nbval), exercise drift check.
+# The whole test suite: unit tests (tests/test_exercises.py includes the exercise drift check) and
+# every book and solution notebook re-executed and compared with its stored outputs (nbval).
 test: install
-	$(PYTHON) -m pytest -q
+	$(PYTHON) -m pytest -q tests book solutions --nbval --nbval-current-env --nbval-sanitize-with book/sanitize.cfg
 
 # Generate text from stories260K when ../shared is present, else from the built-in tiny model.
 demo: install

@@ -1,0 +1,194 @@
+"""Every graded task, both ways: it passes on the reference, reports a stub as
+"not attempted" and fails on known-wrong answers. Plus the grader core and the
+``python -m tutorial_engine.grade`` command.
+
+A chapter that adds ``grading/chNN.py`` adds its module to ``MODULES`` and at least
+one known-wrong implementation per task to ``WRONG``.
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import nbformat
+import pytest
+import torch
+
+from tutorial_engine import grade
+from tutorial_engine.grading import FAILED, NOT_ATTEMPTED, PASSED, RESULTS, Task, ch00, describe, values_match
+
+MODULES = [ch00]
+ALL_TASKS = [task for module in MODULES for task in module.TASKS]
+
+
+def _pooled_itl(outputs):
+    gaps = [gap for out in outputs for gap in out["itl"]]
+    return sum(gaps) / len(gaps) if gaps else 0.0
+
+
+WRONG = {
+    "ch00.throughput": [
+        lambda outputs, elapsed_s: len(outputs) / elapsed_s,  # requests per second, not tokens
+        lambda outputs, elapsed_s: sum(len(o["itl"]) for o in outputs) / elapsed_s,  # drops first tokens
+    ],
+    "ch00.tpot": [
+        _pooled_itl,  # the mean ITL, which weighs long requests more
+        lambda outputs: sum(sum(o["itl"]) / max(1, len(o["itl"])) for o in outputs) / len(outputs),  # counts 1-token requests
+    ],
+}
+
+
+def test_every_task_has_known_wrong_answers_and_a_unique_name():
+    names = [task.name for task in ALL_TASKS]
+    assert len(names) == len(set(names))
+    assert set(WRONG) == set(names)
+
+
+@pytest.mark.parametrize("task", ALL_TASKS, ids=lambda t: t.name)
+def test_reference_passes(task):
+    result = task.run(task.reference)
+    assert result.status == PASSED, result.message
+    assert result.num_cases == len(task.edge_cases) + task.num_cases
+
+
+@pytest.mark.parametrize("task", ALL_TASKS, ids=lambda t: t.name)
+def test_stub_is_not_attempted(task):
+    def stub(**kwargs):
+        raise NotImplementedError("Your code here")
+
+    result = task.run(stub)
+    assert result.status == NOT_ATTEMPTED and not result.passed
+    assert "not attempted" in result.message
+
+
+@pytest.mark.parametrize("task", ALL_TASKS, ids=lambda t: t.name)
+def test_known_wrong_answers_fail(task):
+    for wrong in WRONG[task.name]:
+        result = task.run(wrong)
+        assert result.status == FAILED, f"{task.name} accepted a known-wrong answer"
+        assert "wrong answer" in result.message and "expected" in result.message
+
+
+# -- the core ------------------------------------------------------------------------
+
+
+def _sum_task(**overrides) -> Task:
+    def reference(xs: list[int]) -> int:
+        return sum(xs)
+
+    def make_case(rng: random.Random) -> dict:
+        return {"xs": [rng.randint(-9, 9) for _ in range(rng.randint(0, 6))]}
+
+    return Task("test.sum", reference, make_case, "add them up", **{"edge_cases": [{"xs": [1, 2, 3]}], **overrides})
+
+
+def test_check_prints_the_verdict_and_records_it(capsys):
+    task = _sum_task()
+    task.check(lambda xs: sum(xs))
+    assert capsys.readouterr().out.startswith("✅ test.sum: correct (31 cases")
+    assert RESULTS["test.sum"].passed
+    task.check(lambda xs: sum(xs) + 1)
+    out = capsys.readouterr().out
+    assert out.startswith("❌ test.sum: wrong answer on case 1.")
+    assert "arguments: xs=[1, 2, 3]" in out and "expected:  6" in out and "got:       7" in out
+    assert RESULTS["test.sum"].status == FAILED
+    task.hint()
+    assert "add them up" in capsys.readouterr().out
+
+
+def test_an_exception_is_a_failure_naming_the_case():
+    result = _sum_task(edge_cases=[{"xs": [4]}, {"xs": []}]).run(lambda xs: xs[0])
+    assert result.status == FAILED and result.num_cases == 2
+    assert "case 2 raised IndexError" in result.message and "xs=[]" in result.message
+
+
+def test_a_non_function_is_a_failure():
+    result = _sum_task().run(6)
+    assert result.status == FAILED and "without ()" in result.message
+
+
+def test_a_mutating_answer_cannot_corrupt_later_cases():
+    task = _sum_task()
+
+    def destroys_input(xs):
+        total = sum(xs)
+        xs.clear()
+        return total
+
+    assert task.run(destroys_input).passed
+    assert task.edge_cases == [{"xs": [1, 2, 3]}]
+    assert task.run(task.reference).passed
+
+
+def test_cases_are_seeded():
+    assert list(_sum_task().cases()) == list(_sum_task().cases())
+    assert list(_sum_task().cases()) != list(_sum_task(seed=1).cases())
+
+
+@pytest.mark.parametrize("got, expected, same", [
+    (1.0 + 1e-9, 1.0, True),
+    (1.01, 1.0, False),
+    (3, 3.0, True),
+    (True, 1, True),
+    (1, True, False),
+    ([1, 2.0], (1, 2), True),
+    ([1, 2], [1, 2, 3], False),
+    ({"a": 1.0}, {"a": 1.0000001}, True),
+    ({"a": 1}, {"b": 1}, False),
+    (torch.ones(2, 3), torch.ones(2, 3) + 1e-7, True),
+    (torch.ones(2, 3), torch.ones(3, 2), False),
+    (torch.ones(2), torch.tensor([1.0, 1.1]), False),
+    ([1, 2], torch.ones(2), False),
+    ("a", "a", True),
+])
+def test_values_match(got, expected, same):
+    assert values_match(got, expected) is same
+
+
+def test_describe_is_short():
+    assert describe(torch.zeros(2, 3)) == "tensor(shape=(2, 3), dtype=float32)"
+    assert len(describe(list(range(1000)))) == 160
+
+
+# -- the grade command -----------------------------------------------------------------
+
+
+def _exercise(path: Path, throughput_body: str, tpot_body: str) -> Path:
+    cells = [
+        "from tutorial_engine.grading import ch00",
+        f"def output_throughput(outputs, elapsed_s):\n    {throughput_body}",
+        "ch00.throughput.check(output_throughput)",
+        "raise RuntimeError('a broken cell does not stop grading')",
+        f"def mean_tpot(outputs):\n    {tpot_body}",
+        "ch00.tpot.check(mean_tpot)",
+    ]
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in cells])
+    nbformat.write(nb, path)
+    return path
+
+
+def test_grade_scores_a_notebook_and_keeps_going_after_errors(tmp_path, capsys):
+    path = _exercise(tmp_path / "ch00_try.ipynb",
+                     'return sum(len(o["token_ids"]) for o in outputs) / elapsed_s',
+                     "raise NotImplementedError")
+    assert grade.main([str(tmp_path)]) == 1
+    out = capsys.readouterr().out
+    assert str(path) in out
+    row = next(line for line in out.splitlines() if line.startswith(str(path)))
+    assert " 1/2 " in row and "ch00.tpot (not attempted)" in row
+    assert "first error: cell 3: RuntimeError" in row
+    assert out.splitlines()[-1].split() == ["total", "1/2"]
+
+
+def test_grade_counts_tasks_whose_check_never_ran():
+    score = grade.NotebookScore(Path("exercises/ch00_first_steps.ipynb"),
+                                {name: grade.NOT_RUN for name in grade.expected_tasks(Path("ch00_x.ipynb"))})
+    assert score.num_tasks == len(ch00.TASKS) and score.num_passed == 0
+    assert "ch00.tpot (not run)" in grade.format_table([score])
+
+
+def test_grade_rejects_paths_that_are_not_notebooks(tmp_path, capsys):
+    assert grade.main([str(tmp_path)]) == 2
+    assert "no chNN_*.ipynb" in capsys.readouterr().err
+    assert grade.main([str(tmp_path / "missing.ipynb")]) == 2

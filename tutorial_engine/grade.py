@@ -1,0 +1,146 @@
+"""Grade exercise notebooks from the command line and print a score table.
+
+    python -m tutorial_engine.grade exercises/                        # every chNN_*.ipynb in it
+    python -m tutorial_engine.grade exercises/ch02_kv_cache_continuous_batching.ipynb
+
+Each notebook runs top to bottom in a fresh kernel, in its own folder, with nbclient.
+A cell that raises does not stop the run, so later check cells still report. Then
+the grader reads the kernel's ``tutorial_engine.grading.RESULTS``. A notebook's tasks
+are those listed in ``tutorial_engine.grading.chNN.TASKS`` for its ``chNN`` prefix;
+a task whose check never ran counts as "not run". Exit status: 0 when every task
+passed, 1 otherwise; 2 for a path that is not a notebook or folder of them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import nbformat
+from nbclient import NotebookClient
+
+from .grading import PASSED
+
+ROOT = Path(__file__).resolve().parents[1]
+SENTINEL = "tutorial-engine-grade:"
+COLLECT_SOURCE = (
+    "import json\n"
+    "from tutorial_engine.grading import RESULTS\n"
+    f"print({SENTINEL!r} + json.dumps({{name: result.status for name, result in RESULTS.items()}}))"
+)
+NOT_RUN = "not run"
+
+
+@dataclass
+class NotebookScore:
+    """Per-task statuses of one graded notebook, and the first cell error if any."""
+
+    path: Path
+    statuses: dict[str, str]
+    first_error: str | None = None
+
+    @property
+    def num_passed(self) -> int:
+        return sum(status == PASSED for status in self.statuses.values())
+
+    @property
+    def num_tasks(self) -> int:
+        return len(self.statuses)
+
+
+def expected_tasks(path: Path) -> list[str]:
+    """Task names of the grading module matching the notebook's ``chNN`` prefix ([] if none)."""
+    try:
+        module = importlib.import_module(f"tutorial_engine.grading.{path.name[:4]}")
+    except ImportError:
+        return []
+    return [task.name for task in getattr(module, "TASKS", [])]
+
+
+def grade_notebook(path: Path, timeout: int = 600) -> NotebookScore:
+    """Execute ``path`` (never written back) and collect its check verdicts."""
+    notebook = nbformat.read(path, as_version=4)
+    notebook.cells.append(nbformat.v4.new_code_cell(COLLECT_SOURCE))
+    client = NotebookClient(notebook, timeout=timeout, kernel_name="python3", allow_errors=True,
+                            resources={"metadata": {"path": str(path.parent)}})
+    # The kernel imports this checkout's package even when it is not pip-installed.
+    pythonpath = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    client.execute(env={**os.environ, "PYTHONPATH": pythonpath})
+    reported: dict[str, str] = {}
+    for output in notebook.cells[-1].outputs:
+        for line in output.get("text", "").splitlines():
+            if line.startswith(SENTINEL):
+                reported = json.loads(line[len(SENTINEL):])
+    statuses = {name: reported.get(name, NOT_RUN) for name in expected_tasks(path)}
+    statuses.update(reported)
+    return NotebookScore(path, statuses, _first_error(notebook))
+
+
+def _first_error(notebook: nbformat.NotebookNode) -> str | None:
+    for index, cell in enumerate(notebook.cells):
+        for output in cell.get("outputs", []):
+            if output.output_type == "error":
+                return f"cell {index}: {output.ename}: {output.evalue}"
+    return None
+
+
+def notebooks_in(paths: list[Path]) -> list[Path]:
+    """The notebooks named, or the ``chNN_*.ipynb`` inside named folders.
+
+    Raises:
+        FileNotFoundError: a path that is neither a notebook nor a folder with some.
+    """
+    found = []
+    for path in paths:
+        if path.is_dir():
+            inside = sorted(path.glob("ch[0-9][0-9]_*.ipynb"))
+            if not inside:
+                raise FileNotFoundError(f"{path} holds no chNN_*.ipynb notebooks; pass exercises/ or a notebook.")
+            found.extend(inside)
+        elif path.suffix == ".ipynb" and path.is_file():
+            found.append(path)
+        else:
+            raise FileNotFoundError(f"{path} is not a notebook or a folder of notebooks.")
+    return found
+
+
+def format_table(scores: list[NotebookScore]) -> str:
+    """The score table: one row per notebook, then the total."""
+    rows = [("notebook", "score", "not passed")]
+    for score in scores:
+        missed = [f"{name} ({status})" for name, status in score.statuses.items() if status != PASSED]
+        if score.first_error:
+            missed.append(f"[first error: {score.first_error}]")
+        rows.append((str(score.path), f"{score.num_passed}/{score.num_tasks}", ", ".join(missed) or "-"))
+    passed, total = sum(s.num_passed for s in scores), sum(s.num_tasks for s in scores)
+    rows.append(("total", f"{passed}/{total}", ""))
+    widths = [max(len(row[i]) for row in rows) for i in range(2)]
+    return "\n".join(f"{a:<{widths[0]}}  {b:>{widths[1]}}  {c}".rstrip() for a, b, c in rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tutorial_engine.grade", description=__doc__.split("\n")[0])
+    parser.add_argument("paths", nargs="*", type=Path, default=[ROOT / "exercises"],
+                        help="exercise notebooks or folders of them (default: exercises/)")
+    parser.add_argument("--timeout", type=int, default=600, help="seconds allowed per cell")
+    args = parser.parse_args(argv)
+    try:
+        notebooks = notebooks_in(args.paths)
+    except FileNotFoundError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    scores = []
+    for path in notebooks:
+        print(f"grading {path} ...", file=sys.stderr, flush=True)
+        scores.append(grade_notebook(path, args.timeout))
+    print(format_table(scores))
+    return 0 if all(s.num_passed == s.num_tasks for s in scores) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
