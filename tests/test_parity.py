@@ -51,18 +51,19 @@ def test_tiny_models_batch_matches_transformers(tiny_checkpoints, arch):
         assert out["finish_reason"] == "length"
 
 
-@pytest.mark.parametrize("arch", ["qwen3", "llama"])
-def test_preemption_keeps_outputs(tiny_checkpoints, stories260k, arch):
+@pytest.mark.parametrize("arch", ["qwen3", "llama", "stories260K"])
+def test_preemption_keeps_outputs(request, tiny_checkpoints, arch):
     """So few KV blocks that running requests are preempted and recomputed."""
-    for path in (tiny_checkpoints[arch], stories260k):
-        prompts = TEXT_PROMPTS if path != stories260k else STORY_PROMPTS
-        llm = LLM(path, kvcache_block_size=4, num_kvcache_blocks=12, max_num_batched_tokens=64)
-        outs = llm.generate(prompts, greedy(24, ignore_eos=True), use_tqdm=False)
-        assert llm.get_metrics()["num_preemptions"] > 0
-        for prompt, out in zip(prompts, outs):
-            assert out["token_ids"] == hf_greedy(path, llm.tokenizer(prompt).input_ids, 24)
-        allocator = llm.engine.kv_cache.allocator
-        assert allocator.num_free_blocks == allocator.num_blocks and not any(allocator.ref_counts)
+    stories = arch == "stories260K"
+    path = request.getfixturevalue("stories260k") if stories else tiny_checkpoints[arch]
+    prompts = STORY_PROMPTS if stories else TEXT_PROMPTS
+    llm = LLM(path, kvcache_block_size=4, num_kvcache_blocks=12, max_num_batched_tokens=64)
+    outs = llm.generate(prompts, greedy(24, ignore_eos=True), use_tqdm=False)
+    assert llm.get_metrics()["num_preemptions"] > 0
+    for prompt, out in zip(prompts, outs):
+        assert out["token_ids"] == hf_greedy(path, llm.tokenizer(prompt).input_ids, 24)
+    allocator = llm.engine.kv_cache.allocator
+    assert allocator.num_free_blocks == allocator.num_blocks and not any(allocator.ref_counts)
 
 
 def test_prefill_logits_close_to_transformers(tiny_checkpoints):

@@ -10,6 +10,8 @@ import torch
 
 from .block_manager import KVCacheManager
 from .config import EngineConfig, resolve_dtype
+from .cuda_graph import graphs_unavailable_reason
+from .gpu_memory import MemoryProfile, profile_memory
 from .loader import checkpoint_dtype, decoder_spec, eos_token_ids, load_hf_config, load_tokenizer, load_weights
 from .metrics import Metrics
 from .model_runner import ModelRunner, kv_cache_bytes_per_block
@@ -41,10 +43,13 @@ class LLMEngine:
         self.tokenizer = load_tokenizer(config.model)
         self.eos_token_ids = eos_token_ids(config.model, hf_config, self.tokenizer)
         model = build_model(self.spec, config, self.device, self.dtype)
+        self.model_runner = ModelRunner(config, model, self.device, self.max_model_len)
+        self.memory_profile: MemoryProfile | None = None
         num_blocks = config.num_kvcache_blocks or self._auto_num_blocks()
+        self.model_runner.allocate_kv_cache(num_blocks)
+        self.model_runner.capture_cuda_graphs()
         self.metrics = Metrics()
         self.kv_cache = KVCacheManager(num_blocks, config.kvcache_block_size, config.prefix_caching)
-        self.model_runner = ModelRunner(config, model, self.device, num_blocks)
         self.scheduler = Scheduler(config, self.max_model_len, self.kv_cache, self.eos_token_ids, self.metrics)
         self._seq_ids = itertools.count()
         logger.info("KV cache: %d blocks x %d tokens = %d tokens", num_blocks, config.kvcache_block_size,
@@ -72,13 +77,15 @@ class LLMEngine:
     def _auto_num_blocks(self) -> int:
         """KV pages from the memory budget: on a CPU ``cpu_kvcache_space_gib`` (but no
         more than every sequence at full length needs); on a GPU what
-        ``gpu_memory_utilization`` leaves after weights and a worst-case step."""
+        ``gpu_memory_utilization`` of the card leaves after the weights and a profiled
+        worst-case step (see ``gpu_memory.py``)."""
         per_block = kv_cache_bytes_per_block(self.spec, self.config.kvcache_block_size, self.dtype,
                                              max(1, self.spec.num_kv_heads // self.config.tensor_parallel_size))
         if self.device.type == "cuda":
-            free, total = torch.cuda.mem_get_info(self.device)
-            used = total - free
-            budget = total * self.config.gpu_memory_utilization - used - _activation_reserve(self.spec, self.config, self.dtype)
+            with_graphs = graphs_unavailable_reason(self.config, self.device, self.model_runner.backend) is None
+            self.memory_profile = profile_memory(self.model_runner, self.max_model_len, per_block, with_graphs)
+            logger.info("GPU memory (GiB): %s", self.memory_profile.as_gib())
+            budget = self.memory_profile.kv_cache
         else:
             budget = self.config.cpu_kvcache_space_gib * 2**30
         full = self.config.max_num_seqs * math.ceil(self.max_model_len / self.config.kvcache_block_size)
@@ -101,6 +108,8 @@ class LLMEngine:
         if not isinstance(params, SamplingParams):
             raise ValueError(f"sampling_params must be SamplingParams, got {type(params).__name__}")
         if isinstance(prompt, str):
+            if not prompt:
+                raise ValueError("the prompt is empty; give at least one character or token.")
             if self.tokenizer is None:
                 raise ValueError(f"{self.config.model} has no tokenizer; pass prompts as lists of token ids.")
             token_ids = self.tokenizer(prompt).input_ids
@@ -168,11 +177,3 @@ def init_dummy_weights(model: CausalLM, seed: int) -> None:
             param.data.fill_(1.0)
         else:
             param.data.copy_(torch.randn(param.shape, generator=generator) * 0.02)
-
-
-def _activation_reserve(spec: DecoderSpec, config: EngineConfig, dtype: torch.dtype) -> int:
-    """A conservative bound on a step's activation memory: the largest intermediates
-    for ``max_num_batched_tokens`` tokens plus the logits of ``max_num_seqs`` rows."""
-    tokens = config.max_num_batched_tokens
-    widest = max(2 * spec.intermediate_size, (spec.num_heads + 2 * spec.num_kv_heads) * spec.head_dim)
-    return 4 * tokens * (widest + 4 * spec.hidden_size) * dtype.itemsize + config.max_num_seqs * spec.vocab_size * 4 * 2
