@@ -10,7 +10,7 @@ per byte, so its speed limit is memory bandwidth. This command measures:
    bytes of K/V read / kernel time, and its fraction of the copy bandwidth;
 3. a sweep of the kernel's knobs (tile size, warps, pipeline stages, splits) that chose
    the defaults in ``triton_backend.py``, contexts 256..8k, and small batches at 4k
-   where split-K (Flash-Decoding) matters;
+   where split-K (Flash-Decoding) matters, also replayed from CUDA graphs (no launch cost);
 4. the prefill kernel against PyTorch's SDPA (flash) on plain causal prompts, and its tiles.
 
 Usage (on a CUDA GPU): ``python -m tutorial_engine.experiments.decode_bandwidth``
@@ -65,6 +65,21 @@ def time_decode(case: dict, **knobs) -> float:
                                           b.scale, **knobs))
 
 
+def time_decode_graph(case: dict, **knobs) -> float:
+    """The same, replayed from a CUDA graph: no Python launch cost, as in the engine's decode steps."""
+    b = case["batch"]
+
+    def run() -> torch.Tensor:
+        return paged_decode(b.query, b.k_cache, b.v_cache, b.meta.block_tables, b.meta.seq_lens, b.scale, **knobs)
+
+    run()  # compile outside the capture
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        run()
+    return median_ms(graph.replay)
+
+
 def default_knobs(batch: int, context: int) -> dict:
     """The knobs ``triton_backend.paged_attention`` uses for this shape."""
     return dict(num_splits=triton_backend.num_kv_splits(batch, NUM_KV_HEADS, context, torch.device("cuda")),
@@ -72,10 +87,15 @@ def default_knobs(batch: int, context: int) -> dict:
                 num_stages=triton_backend.DECODE_NUM_STAGES)
 
 
-def row(batch: int, context: int, block_size: int, knobs: dict, ms: float, kv_bytes: int, copy_gbs: float) -> dict:
+def row(batch: int, context: int, block_size: int, knobs: dict, ms: float, kv_bytes: int, copy_gbs: float,
+        graph_ms: float | None = None) -> dict:
+    """One measurement; ``graph_*`` fields (when timed) come from CUDA-graph replay."""
     gbs = kv_bytes / ms / 1e6
-    return {"batch": batch, "context": context, "block_size": block_size, **knobs, "time_us": round(ms * 1e3, 2),
-            "kv_bytes": kv_bytes, "bandwidth_gbs": round(gbs, 1), "fraction_of_copy": round(gbs / copy_gbs, 3)}
+    out = {"batch": batch, "context": context, "block_size": block_size, **knobs, "time_us": round(ms * 1e3, 2),
+           "kv_bytes": kv_bytes, "bandwidth_gbs": round(gbs, 1), "fraction_of_copy": round(gbs / copy_gbs, 3)}
+    if graph_ms is not None:
+        out.update(graph_time_us=round(graph_ms * 1e3, 2), graph_bandwidth_gbs=round(kv_bytes / graph_ms / 1e6, 1))
+    return out
 
 
 def sweep(copy_gbs: float) -> list[dict]:
@@ -144,7 +164,8 @@ def main() -> None:
     for context in (256, 512, 1024, 2048, 4096, 8192):
         case = decode_case(256, context)
         knobs = default_knobs(256, context)
-        by_context.append(row(256, context, 16, knobs, time_decode(case, **knobs), case["kv_bytes"], copy_gbs))
+        by_context.append(row(256, context, 16, knobs, time_decode(case, **knobs), case["kv_bytes"], copy_gbs,
+                              time_decode_graph(case, **knobs)))
         del case
     by_batch = []  # split-K (Flash-Decoding) at 4k context: every split count, the default marked
     for batch in (1, 4, 16, 64, 256):
@@ -152,7 +173,8 @@ def main() -> None:
         default = default_knobs(batch, 4096)
         for splits in (1, 2, 4, 8, 16):
             knobs = {**default, "num_splits": splits}
-            by_batch.append({**row(batch, 4096, 16, knobs, time_decode(case, **knobs), case["kv_bytes"], copy_gbs),
+            by_batch.append({**row(batch, 4096, 16, knobs, time_decode(case, **knobs), case["kv_bytes"], copy_gbs,
+                                   time_decode_graph(case, **knobs)),
                              "is_default": splits == default["num_splits"]})
         del case
     result = {
@@ -173,7 +195,8 @@ def main() -> None:
     args.out.write_text(json.dumps(result, indent=1) + "\n")
     for r in headline + [r for r in by_batch if r["is_default"]]:
         print(f"batch {r['batch']:4d} ctx {r['context']:5d} page {r['block_size']:3d} splits {r['num_splits']:2d}: "
-              f"{r['time_us']:8.1f} us {r['bandwidth_gbs']:7.0f} GB/s ({100 * r['fraction_of_copy']:.0f}% of copy)")
+              f"{r['time_us']:8.1f} us {r['bandwidth_gbs']:7.0f} GB/s ({100 * r['fraction_of_copy']:.0f}% of copy)"
+              + (f", graph {r['graph_time_us']:.1f} us" if "graph_time_us" in r else ""))
     print("prefill", result["prefill"])
     if result["sweep"]:
         for context in (1024, 4096):
