@@ -14,17 +14,42 @@ from pathlib import Path
 import nbformat
 import pytest
 import torch
+import torch.nn.functional as F
 
 from tutorial_engine import grade
-from tutorial_engine.grading import FAILED, NOT_ATTEMPTED, PASSED, RESULTS, Task, ch00, describe, values_match
+from tutorial_engine.grading import FAILED, NOT_ATTEMPTED, PASSED, RESULTS, Task, ch00, ch01, describe, values_match
+from tutorial_engine.models.rotary import RotaryEmbedding
 
-MODULES = [ch00]
+MODULES = [ch00, ch01]
 ALL_TASKS = [task for module in MODULES for task in module.TASKS]
 
 
 def _pooled_itl(outputs):
     gaps = [gap for out in outputs for gap in out["itl"]]
     return sum(gaps) / len(gaps) if gaps else 0.0
+
+
+def _rope_interleaved(x, positions, theta):  # GPT-J pairing (2i, 2i+1): not what Llama checkpoints use
+    d = x.shape[-1]
+    angles = positions[:, None].float() / theta ** (torch.arange(0, d, 2).float() / d)
+    cos, sin = angles.cos()[:, None], angles.sin()[:, None]
+    x1, x2 = x[..., 0::2], x[..., 1::2]
+    return torch.stack([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1).flatten(-2)
+
+
+def _rope_backwards(x, positions, theta):  # rotates the other way
+    return ch01.apply_rope(x, -positions, theta)
+
+
+def _gqa_tiled(q, k, v):  # repeat() tiles KV heads 0,1,0,1 instead of 0,0,1,1
+    group = q.shape[1] // k.shape[1]
+    return ch01.gqa_attention(q, k.repeat(1, group, 1), v.repeat(1, group, 1))
+
+
+def _gqa_unmasked(q, k, v):  # sees future tokens
+    group = q.shape[1] // k.shape[1]
+    return F.scaled_dot_product_attention(q.transpose(0, 1), k.repeat_interleave(group, 1).transpose(0, 1),
+                                          v.repeat_interleave(group, 1).transpose(0, 1)).transpose(0, 1)
 
 
 WRONG = {
@@ -36,6 +61,8 @@ WRONG = {
         _pooled_itl,  # the mean ITL, which weighs long requests more
         lambda outputs: sum(sum(o["itl"]) / max(1, len(o["itl"])) for o in outputs) / len(outputs),  # counts 1-token requests
     ],
+    "ch01.rope": [_rope_interleaved, _rope_backwards],
+    "ch01.gqa": [_gqa_tiled, _gqa_unmasked],
 }
 
 
@@ -68,6 +95,22 @@ def test_known_wrong_answers_fail(task):
         result = task.run(wrong)
         assert result.status == FAILED, f"{task.name} accepted a known-wrong answer"
         assert "wrong answer" in result.message and "expected" in result.message
+
+
+# -- the references are the engine's conventions ----------------------------------------
+
+
+def test_rope_reference_is_the_engines_rotary_embedding():
+    x, positions = torch.randn(7, 3, 16), torch.tensor([0, 1, 2, 50, 51, 300, 511])
+    rotary = RotaryEmbedding(16, 512, 10000.0)
+    assert torch.allclose(ch01.apply_rope(x, positions, 10000.0), rotary(positions, x, x)[0], atol=1e-5)
+
+
+def test_gqa_reference_is_torch_sdpa_with_gqa():
+    q, k, v = torch.randn(9, 8, 16), torch.randn(9, 2, 16), torch.randn(9, 2, 16)
+    expected = F.scaled_dot_product_attention(q.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1),
+                                              is_causal=True, enable_gqa=True).transpose(0, 1)
+    assert torch.allclose(ch01.gqa_attention(q, k, v), expected, atol=1e-5)
 
 
 # -- the core ------------------------------------------------------------------------
