@@ -6,6 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from .bench.run import add_bench_parser
+
 DEFAULT_STORIES = Path(__file__).resolve().parents[1].parent / "shared" / "models" / "stories260K"
 
 
@@ -51,6 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tutorial_engine", description=__doc__)
     subparsers = parser.add_subparsers(dest="command", required=True)
     add_generate_parser(subparsers)
+    add_bench_parser(subparsers)
     args = parser.parse_args(argv)
     try:
         return args.func(args)

@@ -1,0 +1,359 @@
+"""``python -m tutorial_engine bench``: throughput of a named workload, with peers,
+a roofline bound and the engine's per-step profile, printed and written as JSON.
+
+Throughput follows nano-vLLM's ``bench.py``: one short warm-up generation, then
+the whole workload in one ``generate`` call; output tokens (the sum of requested
+lengths; every request runs to its length with ``ignore_eos``) over wall time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import gc
+import json
+import logging
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .workloads import WORKLOADS, Requests, make_requests
+
+PEERS = ("hf_generate", "hf_generate_batch")
+
+
+class StepProfiler:
+    """Times each engine step and its CPU-side parts by wrapping the engine's methods
+    on the instance (restored on exit). The step's final ``.tolist()`` waits for the
+    GPU, so a step's wall time is its real duration; the CPU parts (schedule,
+    prepare, update) are host work the GPU does not overlap in this engine."""
+
+    PARTS = ("schedule", "prepare", "update")
+
+    def __init__(self, engine) -> None:
+        self.engine = engine
+        self.steps: list[dict] = []
+        self._targets = [(engine, "step"), (engine.scheduler, "schedule"), (engine.model_runner, "prepare"),
+                         (engine.scheduler, "update")]
+
+    def __enter__(self) -> StepProfiler:
+        engine, metrics = self.engine, self.engine.metrics
+
+        def step():
+            record = {part: 0.0 for part in self.PARTS}
+            self._current = record
+            prefill, decode = metrics.num_prefill_tokens, metrics.num_decode_tokens
+            start = time.perf_counter()
+            finished = self._originals["step"]()
+            record["wall"] = time.perf_counter() - start
+            record["prefill_tokens"] = metrics.num_prefill_tokens - prefill
+            record["decode_tokens"] = metrics.num_decode_tokens - decode
+            self.steps.append(record)
+            return finished
+
+        def timed(part):
+            original = self._originals[part]
+
+            def wrapper(*args, **kwargs):
+                start = time.perf_counter()
+                result = original(*args, **kwargs)
+                self._current[part] += time.perf_counter() - start
+                if part == "schedule":
+                    self._current["num_seqs"] = len(result.scheduled)
+                return result
+            return wrapper
+
+        self._originals = {name: getattr(obj, name) for obj, name in self._targets}
+        engine.step = step
+        for obj, name in self._targets[1:]:
+            setattr(obj, name, timed(name))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for obj, name in self._targets:
+            delattr(obj, name)  # the class's method shows through again
+
+    def summary(self) -> dict:
+        """Totals and means (milliseconds) over decode-only and prefill-carrying steps."""
+        decode = [s for s in self.steps if s["prefill_tokens"] == 0]
+        prefill = [s for s in self.steps if s["prefill_tokens"] > 0]
+
+        def mean_ms(steps, key):
+            return 1e3 * float(np.mean([s[key] for s in steps])) if steps else None
+
+        out = {
+            "num_steps": len(self.steps),
+            "num_decode_steps": len(decode),
+            "num_prefill_steps": len(prefill),
+            "decode_step_ms": mean_ms(decode, "wall"),
+            "prefill_step_ms": mean_ms(prefill, "wall"),
+            "decode_batch_size_mean": float(np.mean([s["num_seqs"] for s in decode])) if decode else None,
+            "prefill_tok_s": _rate(prefill, "prefill_tokens"),
+            "decode_tok_s": _rate(decode, "decode_tokens"),
+        }
+        for part in self.PARTS:
+            out[f"decode_{part}_ms"] = mean_ms(decode, part)
+        cpu = sum(s[p] for s in self.steps for p in self.PARTS)
+        out["cpu_share_of_wall"] = cpu / sum(s["wall"] for s in self.steps)
+        return out
+
+    def series(self) -> dict:
+        """Per-step lists for plots: batch size, wall ms, CPU ms, prefill tokens."""
+        return {
+            "num_seqs": [s["num_seqs"] for s in self.steps],
+            "wall_ms": [round(1e3 * s["wall"], 4) for s in self.steps],
+            "cpu_ms": [round(1e3 * sum(s[p] for p in self.PARTS), 4) for s in self.steps],
+            "prefill_tokens": [s["prefill_tokens"] for s in self.steps],
+        }
+
+
+def _rate(steps: list[dict], key: str) -> float | None:
+    seconds = sum(s["wall"] for s in steps)
+    return sum(s[key] for s in steps) / seconds if seconds else None
+
+
+def environment(device: torch.device) -> dict:
+    """Hardware and software the numbers were measured with."""
+    env = {
+        "date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "git_commit": os.environ.get("TUTORIAL_ENGINE_GIT_COMMIT") or _git_commit(),
+        "cpu": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+    }
+    for package in ("triton", "transformers"):
+        try:
+            env[package] = __import__(package).__version__
+        except ImportError:
+            env[package] = None
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        env.update(gpu=props.name, gpu_memory_gib=round(props.total_memory / 2**30, 1),
+                   sm_count=props.multi_processor_count, driver=_driver_version())
+    else:
+        env["gpu"] = None
+    return env
+
+
+def _git_commit() -> str | None:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
+                              cwd=Path(__file__).parent).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
+def _driver_version() -> str | None:
+    try:
+        return subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                              capture_output=True, text=True, check=True).stdout.strip().splitlines()[0]
+    except (OSError, subprocess.CalledProcessError, IndexError):
+        return None
+
+
+def engine_options(args: argparse.Namespace, dummy: bool) -> dict:
+    """LLM(...) keyword arguments from the command line."""
+    options = dict(
+        max_model_len=args.max_model_len, max_num_seqs=args.max_num_seqs,
+        max_num_batched_tokens=args.max_num_batched_tokens, gpu_memory_utilization=args.gpu_memory_utilization,
+        enforce_eager=args.enforce_eager, attention_backend=args.attention_backend,
+        enable_chunked_prefill=not args.no_chunked_prefill, prefix_caching=args.prefix_caching,
+        device=args.device, dtype=args.dtype, load_format="dummy" if dummy else "auto",
+    )
+    if args.num_kvcache_blocks:
+        options["num_kvcache_blocks"] = args.num_kvcache_blocks
+    return options
+
+
+def run_engine(model_path: str, requests: Requests, options: dict, temperature: float | None = None) -> tuple[dict, list]:
+    """Build an engine, warm it up, run ``requests`` once; returns (result, outputs).
+
+    Raises:
+        RuntimeError: when a request did not produce exactly its requested length.
+    """
+    from .. import LLM, SamplingParams
+    from ..metrics import summarize_latency
+
+    llm = LLM(model_path, **options)
+    engine = llm.engine
+    device = engine.device
+    llm.generate([list(range(1, 17))], SamplingParams(max_tokens=16), use_tqdm=False)  # warm-up, as bench.py
+    before = engine.metrics.as_dict()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+    with StepProfiler(engine) as profiler:
+        start = time.perf_counter()
+        outputs = llm.generate(requests.prompts, requests.sampling_params(temperature), use_tqdm=False)
+        elapsed = time.perf_counter() - start
+    wrong = [i for i, (o, n) in enumerate(zip(outputs, requests.max_tokens)) if len(o["token_ids"]) != n]
+    if wrong:
+        raise RuntimeError(f"requests {wrong[:5]} did not generate their max_tokens although ignore_eos is set")
+    after = engine.metrics.as_dict()
+    counters = {k: after[k] - before[k] for k in after if isinstance(after[k], int)}
+    result = {
+        "time_s": elapsed,
+        "output_tok_s": requests.num_output_tokens / elapsed,
+        "total_tok_s": (requests.num_output_tokens + requests.num_prompt_tokens) / elapsed,
+        "latency_s": summarize_latency(outputs),
+        "steps": profiler.summary(),
+        "step_series": profiler.series(),
+        "counters": counters,
+        "attention_backend": engine.model_runner.backend.name,
+        "cuda_graphs": engine.model_runner.graphs is not None,
+        "cuda_graph_batch_sizes": engine.model_runner.graphs.batch_sizes if engine.model_runner.graphs else [],
+        "kv_cache": {"num_blocks": engine.num_kvcache_blocks, "block_size": engine.config.kvcache_block_size,
+                     "capacity_tokens": engine.num_kvcache_blocks * engine.config.kvcache_block_size},
+        "memory_profile_gib": engine.memory_profile.as_gib() if engine.memory_profile else None,
+        "config": {k: v for k, v in dataclasses.asdict(engine.config).items() if k != "model"},
+        "dtype": str(engine.dtype).removeprefix("torch."),
+        "device": str(device),
+    }
+    if device.type == "cuda":
+        result["peak_gpu_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
+        result["reserved_gpu_memory_gib"] = torch.cuda.memory_reserved(device) / 2**30
+    del llm, engine
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return result, outputs
+
+
+def run_peers(model_path: str, dummy: bool, requests: Requests, peers: list[str], device: torch.device,
+              dtype: torch.dtype) -> dict:
+    """Each peer's result, or ``{"error": ...}`` when it fails (recorded, not fatal)."""
+    from . import peers as peer_module
+
+    results = {}
+    model = peer_module.load_hf_model(model_path, dummy, device, dtype)
+    for name in peers:
+        try:
+            results[name] = getattr(peer_module, name)(model, requests)
+        except Exception as err:  # a peer's API drift must not lose our own numbers
+            logging.exception("peer %s failed", name)
+            results[name] = {"error": f"{type(err).__name__}: {err}"}
+    del model
+    gc.collect()
+    torch.cuda.empty_cache()
+    return results
+
+
+def bench(args: argparse.Namespace) -> dict:
+    """Run the benchmark the command line describes; returns the JSON-ready result."""
+    from ..loader import decoder_spec, load_hf_config
+    from .models import architecture_folder
+    from .roofline import measure_ceilings, workload_roofline
+
+    requests = make_requests(args.workload)
+    if args.num_seqs:
+        requests = requests.subset(args.num_seqs)
+    dummy = args.model is None
+    model_path = args.model or str(architecture_folder(args.architecture))
+    spec = decoder_spec(load_hf_config(model_path))
+    if args.max_model_len is None:
+        args.max_model_len = min(4096, spec.max_position_embeddings)
+    options = engine_options(args, dummy)
+    engine_result, _ = run_engine(model_path, requests, options)
+    device = torch.device(engine_result["device"])
+    result = {
+        "name": args.name or args.workload,
+        "workload": dataclasses.asdict(requests.workload),
+        "num_seqs": len(requests.prompts),
+        "prompt_tokens": requests.num_prompt_tokens,
+        "output_tokens": requests.num_output_tokens,
+        "model": args.model or f"{args.architecture} (config.json only, load_format='dummy')",
+        "engine": engine_result,
+        "environment": environment(device),
+    }
+    if device.type == "cuda":
+        ceilings = measure_ceilings(device)
+        itemsize = getattr(torch, engine_result["dtype"]).itemsize
+        roofline = workload_roofline(spec, requests, itemsize, ceilings)
+        result["ceilings"] = ceilings.as_dict()
+        result["roofline"] = roofline.as_dict()
+        result["roofline_fraction"] = engine_result["output_tok_s"] / roofline.tok_s
+        if args.peers:
+            dtype = getattr(torch, engine_result["dtype"])
+            result["peers"] = run_peers(model_path, dummy, requests, args.peers, device, dtype)
+            result["speedup_vs_peers"] = {
+                name: engine_result["output_tok_s"] / peer["output_tok_s"]
+                for name, peer in result["peers"].items() if "output_tok_s" in peer
+            }
+    return result
+
+
+def print_summary(result: dict) -> None:
+    e = result["engine"]
+    print(f"workload {result['name']}: {result['num_seqs']} seqs, {result['prompt_tokens']} prompt tokens, "
+          f"{result['output_tokens']} output tokens")
+    print(f"  engine ({e['attention_backend']} attention, CUDA graphs {'on' if e['cuda_graphs'] else 'off'}): "
+          f"{e['time_s']:.2f} s, {e['output_tok_s']:,.0f} output tok/s "
+          f"(prefill {e['steps']['prefill_tok_s'] or 0:,.0f} tok/s, decode {e['steps']['decode_tok_s'] or 0:,.0f} tok/s)")
+    s = e["steps"]
+    if s["decode_step_ms"] is not None:
+        print(f"  decode steps: {s['num_decode_steps']}, {s['decode_step_ms']:.2f} ms each "
+              f"(schedule {s['decode_schedule_ms']:.2f}, prepare {s['decode_prepare_ms']:.2f}, "
+              f"update {s['decode_update_ms']:.2f} ms CPU); mean batch {s['decode_batch_size_mean']:.0f}")
+    lat = e["latency_s"]
+    print(f"  TTFT p50 {lat['ttft_p50'] * 1e3:.0f} ms, p99 {lat['ttft_p99'] * 1e3:.0f} ms; "
+          f"TPOT mean {lat['tpot_mean'] * 1e3:.2f} ms; KV {e['kv_cache']['num_blocks']} blocks "
+          f"({e['kv_cache']['capacity_tokens']:,} tokens)")
+    if "roofline" in result:
+        print(f"  roofline {result['roofline']['tok_s']:,.0f} tok/s on {result['environment']['gpu']} "
+              f"({result['ceilings']['bandwidth_TBps']:.2f} TB/s, {result['ceilings']['matmul_TFLOPs']:.0f} TFLOP/s): "
+              f"{100 * result['roofline_fraction']:.1f}% of it")
+    for name, peer in result.get("peers", {}).items():
+        if "error" in peer:
+            print(f"  {name}: failed: {peer['error']}")
+        else:
+            print(f"  {name}: {peer['time_s']:.2f} s, {peer['output_tok_s']:,.0f} tok/s "
+                  f"(engine is {result['speedup_vs_peers'][name]:.1f}x)")
+
+
+def add_bench_parser(subparsers) -> None:
+    p = subparsers.add_parser("bench", help="throughput benchmark (nano-vLLM's bench.py workload by default)")
+    p.add_argument("--workload", default="nanovllm", choices=sorted(WORKLOADS))
+    p.add_argument("--num-seqs", type=int, default=None, help="run only the first N requests of the workload")
+    p.add_argument("--model", default=None, help="checkpoint folder (default: --architecture with dummy weights)")
+    p.add_argument("--architecture", default="qwen3-0.6b")
+    p.add_argument("--name", default=None, help="result name stored in the JSON")
+    p.add_argument("--output", default=None, help="write the result JSON here")
+    p.add_argument("--peers", type=lambda s: [x for x in s.split(",") if x], default=[],
+                   help=f"comma-separated peers to run on the same requests: {','.join(PEERS)}")
+    # Engine settings: nano-vLLM's bench.py uses max_model_len=4096 and its defaults
+    # max_num_seqs=512, max_num_batched_tokens=16384, gpu_memory_utilization=0.9.
+    p.add_argument("--max-model-len", type=int, default=None,
+                   help="default: 4096 (as nano-vLLM's bench.py), capped by the model's max_position_embeddings")
+    p.add_argument("--max-num-seqs", type=int, default=512)
+    p.add_argument("--max-num-batched-tokens", type=int, default=16384)
+    p.add_argument("--gpu-memory-utilization", type=float, default=0.9)
+    p.add_argument("--num-kvcache-blocks", type=int, default=None)
+    p.add_argument("--enforce-eager", action="store_true", help="CUDA graphs off")
+    p.add_argument("--attention-backend", default="auto")
+    p.add_argument("--no-chunked-prefill", action="store_true")
+    p.add_argument("--prefix-caching", default="none")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--dtype", default="auto")
+    p.set_defaults(func=run_bench_command)
+
+
+def run_bench_command(args: argparse.Namespace) -> int:
+    unknown = [p for p in args.peers if p not in PEERS]
+    if unknown:
+        raise ValueError(f"unknown peers {unknown}; choose from {PEERS}")
+    result = bench(args)
+    print_summary(result)
+    if args.output:
+        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.output).write_text(json.dumps(result, indent=1) + "\n")
+        print(f"  wrote {args.output}", file=sys.stderr)
+    return 0
