@@ -98,12 +98,17 @@ def hf_generate_batch(model, requests: Requests) -> dict:
     }
 
 
-def _collect(manager, request_ids: set[str], timeout_s: float = 600) -> dict:
+def _finished(result) -> bool:
+    is_finished = getattr(result, "is_finished", None)  # the method's name has moved between releases
+    return is_finished() if callable(is_finished) else str(getattr(result, "status", "")).upper().endswith("FINISHED")
+
+
+def _collect(manager, request_ids: set[str], timeout_s: float = 240) -> dict:
     results, deadline = {}, time.perf_counter() + timeout_s
     while len(results) < len(request_ids):
         if time.perf_counter() > deadline:
             raise TimeoutError(f"transformers continuous batching returned {len(results)}/{len(request_ids)} requests")
         result = manager.get_result(timeout=1)
-        if result is not None and result.request_id in request_ids and result.is_finished():
+        if result is not None and result.request_id in request_ids and _finished(result):
             results[result.request_id] = result
     return results
