@@ -31,16 +31,19 @@ from .sequence import Sequence, SequenceStatus
 
 @dataclass
 class ScheduledSequence:
-    """``num_new_tokens`` of ``seq``'s uncomputed tokens run this step."""
+    """``num_new_tokens`` of ``seq``'s uncomputed tokens run this step.
+
+    ``samples`` is fixed when the step is planned: True when the step reaches the
+    sequence's last token, so its logits give the next token. A partial prefill
+    chunk samples nothing.
+    """
 
     seq: Sequence
     num_new_tokens: int
+    samples: bool = field(init=False)
 
-    @property
-    def samples(self) -> bool:
-        """True when this step reaches the sequence's last token, so its logits give
-        the next token. A partial prefill chunk samples nothing."""
-        return self.seq.num_computed_tokens + self.num_new_tokens == self.seq.num_tokens
+    def __post_init__(self) -> None:
+        self.samples = self.seq.num_computed_tokens + self.num_new_tokens == self.seq.num_tokens
 
 
 @dataclass
@@ -166,10 +169,9 @@ class Scheduler:
         finished = []
         for item in out.scheduled:
             seq = item.seq
-            samples = item.samples
             seq.num_computed_tokens += item.num_new_tokens
             self.kv_cache.cache_blocks(seq, item.num_new_tokens)
-            if not samples:
+            if not item.samples:
                 continue
             token = next(tokens)
             seq.token_ids.append(token)
