@@ -17,10 +17,16 @@ import torch
 import torch.nn.functional as F
 
 from tutorial_engine import grade
-from tutorial_engine.grading import FAILED, NOT_ATTEMPTED, PASSED, RESULTS, Task, ch00, ch01, describe, values_match
+from tutorial_engine.block_manager import KVCacheManager
+from tutorial_engine.config import EngineConfig
+from tutorial_engine.grading import FAILED, NOT_ATTEMPTED, PASSED, RESULTS, Task, ch00, ch01, ch02, describe, values_match
+from tutorial_engine.metrics import Metrics
 from tutorial_engine.models.rotary import RotaryEmbedding
+from tutorial_engine.sampling_params import SamplingParams
+from tutorial_engine.scheduler import Scheduler
+from tutorial_engine.sequence import Sequence
 
-MODULES = [ch00, ch01]
+MODULES = [ch00, ch01, ch02]
 ALL_TASKS = [task for module in MODULES for task in module.TASKS]
 
 
@@ -52,6 +58,25 @@ def _gqa_unmasked(q, k, v):  # sees future tokens
                                           v.repeat_interleave(group, 1).transpose(0, 1)).transpose(0, 1)
 
 
+def _admit_skipping(waiting, num_running, max_num_seqs, max_num_batched_tokens, num_free_blocks, block_size):
+    """Lets a short request overtake one that does not fit (not first come, first served)."""
+    admitted = 0
+    for n in waiting:
+        blocks = -(-n // block_size)
+        if num_running + admitted < max_num_seqs and n <= max_num_batched_tokens and blocks <= num_free_blocks:
+            admitted, max_num_batched_tokens, num_free_blocks = admitted + 1, max_num_batched_tokens - n, num_free_blocks - blocks
+    return admitted
+
+
+def _admit_floor_blocks(waiting, num_running, max_num_seqs, max_num_batched_tokens, num_free_blocks, block_size):
+    """Rounds the blocks a prompt needs down: a partly filled block is not counted."""
+    return ch02.admit(waiting, num_running, max_num_seqs, max_num_batched_tokens, num_free_blocks * block_size, 1)
+
+
+def _admit_ignoring_memory(waiting, num_running, max_num_seqs, max_num_batched_tokens, num_free_blocks, block_size):
+    return ch02.admit(waiting, num_running, max_num_seqs, max_num_batched_tokens, 10**9, block_size)
+
+
 WRONG = {
     "ch00.throughput": [
         lambda outputs, elapsed_s: len(outputs) / elapsed_s,  # requests per second, not tokens
@@ -63,6 +88,19 @@ WRONG = {
     ],
     "ch01.rope": [_rope_interleaved, _rope_backwards],
     "ch01.gqa": [_gqa_tiled, _gqa_unmasked],
+    "ch02.admit": [_admit_skipping, _admit_floor_blocks, _admit_ignoring_memory],
+    "ch02.kv_bytes": [
+        lambda num_layers, num_kv_heads, head_dim, dtype_bytes: num_layers * num_kv_heads * head_dim * dtype_bytes,  # K only
+        lambda num_layers, num_kv_heads, head_dim, dtype_bytes: 2 * num_kv_heads * head_dim * dtype_bytes,  # one layer
+    ],
+    "ch02.max_seqs": [
+        lambda gpu_memory_bytes, gpu_memory_utilization, weight_bytes, kv_bytes_per_token, tokens_per_seq:
+            (gpu_memory_bytes - weight_bytes) // (kv_bytes_per_token * tokens_per_seq),  # ignores utilization
+        lambda gpu_memory_bytes, gpu_memory_utilization, weight_bytes, kv_bytes_per_token, tokens_per_seq:
+            int(gpu_memory_bytes * gpu_memory_utilization - weight_bytes) // (kv_bytes_per_token * tokens_per_seq),  # < 0
+        lambda gpu_memory_bytes, gpu_memory_utilization, weight_bytes, kv_bytes_per_token, tokens_per_seq:
+            int(gpu_memory_bytes * gpu_memory_utilization) // (kv_bytes_per_token * tokens_per_seq),  # forgets weights
+    ],
 }
 
 
@@ -111,6 +149,32 @@ def test_gqa_reference_is_torch_sdpa_with_gqa():
     expected = F.scaled_dot_product_attention(q.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1),
                                               is_causal=True, enable_gqa=True).transpose(0, 1)
     assert torch.allclose(ch01.gqa_attention(q, k, v), expected, atol=1e-5)
+
+
+def _engine_admits(waiting, num_running, max_num_seqs, max_num_batched_tokens, num_free_blocks, block_size, model):
+    """Requests the engine's own Scheduler (chunked prefill off) admits in one step."""
+    config = EngineConfig(model=str(model), max_num_seqs=max_num_seqs, max_num_batched_tokens=max_num_batched_tokens,
+                          enable_chunked_prefill=False)
+    scheduler = Scheduler(config, 4096, KVCacheManager(max(1, num_free_blocks), block_size), set(), Metrics())
+    if num_free_blocks == 0:  # a manager needs one block; hold it so that none is free
+        scheduler.kv_cache.allocator.allocate()
+    scheduler.running = [Sequence(10_000 + i, [0], SamplingParams()) for i in range(num_running)]
+    for i, n in enumerate(waiting):
+        scheduler.add(Sequence(i, [0] * n, SamplingParams()))
+    return sum(item.seq.seq_id < 10_000 for item in scheduler.schedule().scheduled)
+
+
+def test_admit_reference_is_the_engines_admission_rule(tmp_path):
+    (tmp_path / "model").mkdir()
+    for case in ch02.admission.cases():
+        assert ch02.admit(**case) == _engine_admits(**case, model=tmp_path / "model"), case
+
+
+def test_max_seqs_accepts_float_arithmetic():
+    def with_floats(gpu_memory_bytes, gpu_memory_utilization, weight_bytes, kv_bytes_per_token, tokens_per_seq):
+        return max(0.0, (gpu_memory_bytes * gpu_memory_utilization - weight_bytes) // (kv_bytes_per_token * tokens_per_seq))
+
+    assert ch02.max_seqs.run(with_floats).passed
 
 
 # -- the core ------------------------------------------------------------------------
