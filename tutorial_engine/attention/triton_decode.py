@@ -92,7 +92,7 @@ def _paged_decode_kernel(
         tl.store(out_ptr + seq * stride_ot + heads[:, None] * stride_oh + dims[None, :],
                  o.to(out_ptr.dtype.element_ty), mask=store_mask)
     else:
-        part = (seq * tl.num_programs(1) * GROUP + heads) * NUM_SPLITS + split  # index into [B, H, S]
+        part = (seq * tl.num_programs(1) * GROUP + heads) * NUM_SPLITS + split  # [B, H, S] index; H = kv heads * GROUP
         tl.store(part_out_ptr + part[:, None] * HEAD_DIM + dims[None, :], o, mask=store_mask)
         tl.store(part_lse_ptr + part, tl.where(has_tokens, m + tl.log2(l), float("-inf")), mask=head_ok)
 
