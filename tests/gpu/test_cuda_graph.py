@@ -57,11 +57,16 @@ def test_float32_tiny_qwen3_graphs_match_eager(tiny_checkpoints):
 
 
 def test_bf16_qwen3_0_6b_graphs_match_eager(tmp_path):
+    """bf16 replay is bit-identical to eager when the shapes are the same: batches of
+    exactly a captured size (16, then 8), and contexts short enough that the decode
+    kernel's split count (chosen from ``max_seq_len``) is the same in both. (A padded
+    batch may pick other GEMM kernels, so its bf16 logits can differ in the last bits
+    and random-weight greedy ties can flip; padding is checked in float32 above.)"""
     folder = architecture_folder("qwen3-0.6b", tmp_path)
-    prompts = make_requests("nanovllm").subset(12).prompts
-    prompts = [p[:64 + 8 * i] for i, p in enumerate(prompts)]
-    max_tokens = [8] * 6 + [4] * 6  # 12 rows (padded to 16), then 6 (padded to 8)
-    options = dict(load_format="dummy", max_model_len=512, max_num_seqs=32, gpu_memory_utilization=0.3)
+    prompts = make_requests("nanovllm").subset(16).prompts
+    prompts = [p[:64 + 8 * i] for i, p in enumerate(prompts)]  # 64..184 tokens
+    max_tokens = [8] * 8 + [4] * 8  # 16 rows for 3 decode steps, then 8 rows
+    options = dict(load_format="dummy", max_model_len=256, max_num_seqs=32, gpu_memory_utilization=0.3)
     results = {}
     for eager in (True, False):
         llm = LLM(str(folder), enforce_eager=eager, **options)
@@ -70,7 +75,7 @@ def test_bf16_qwen3_0_6b_graphs_match_eager(tmp_path):
         results[eager] = greedy_ids(llm, prompts, max_tokens)
         del llm
     assert results[False] == results[True]
-    assert {12, 6} <= set(replays)
+    assert set(replays) == {16, 8}
 
 
 def test_benchmark_path_matches_torch_backend_float32(tmp_path):

@@ -69,9 +69,11 @@ def hf_generate(model, requests: Requests) -> dict:
     }
 
 
-@torch.inference_mode()
 def hf_generate_batch(model, requests: Requests) -> dict:
-    """transformers continuous batching with a per-request ``max_new_tokens``."""
+    """transformers continuous batching with a per-request ``max_new_tokens``.
+
+    Not under ``inference_mode``: the manager's background thread updates tensors
+    created here in place, which inference tensors forbid (transformers uses no_grad)."""
     config = _generation_config(max(requests.max_tokens), requests.workload.temperature, -1)  # -1: no EOS
     manager = model.init_continuous_batching(generation_config=config)
     if hasattr(manager, "warmup"):
@@ -108,6 +110,8 @@ def _collect(manager, request_ids: set[str], timeout_s: float = 240) -> dict:
     while len(results) < len(request_ids):
         if time.perf_counter() > deadline:
             raise TimeoutError(f"transformers continuous batching returned {len(results)}/{len(request_ids)} requests")
+        if hasattr(manager, "is_running") and not manager.is_running():
+            raise RuntimeError("transformers' continuous-batching thread stopped (see its log above)")
         result = manager.get_result(timeout=1)
         if result is not None and result.request_id in request_ids and _finished(result):
             results[result.request_id] = result
