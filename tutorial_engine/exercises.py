@@ -9,7 +9,7 @@ In a solution notebook's code cells, the learner's part sits between two marker 
 
 and the exercise gets, at the indentation of ``### BEGIN SOLUTION``::
 
-        raise NotImplementedError("Your code here: ...")
+        raise NotImplementedError("replace this line with your code")
 
 Markdown cells may hide a written answer between ``<!-- BEGIN SOLUTION -->`` and
 ``<!-- END SOLUTION -->``; the exercise shows a prompt instead. Exercises lose all
@@ -34,7 +34,7 @@ import nbformat
 ROOT = Path(__file__).resolve().parents[1]
 CODE_BEGIN, CODE_END = "### BEGIN SOLUTION", "### END SOLUTION"
 MARKDOWN_BEGIN, MARKDOWN_END = "<!-- BEGIN SOLUTION -->", "<!-- END SOLUTION -->"
-CODE_STUB = 'raise NotImplementedError("Your code here: replace this line, then run the check cell below.")'
+CODE_STUB = 'raise NotImplementedError("replace this line with your code")'
 MARKDOWN_STUB = "*Your answer here.*"
 NOTEBOOK_GLOB = "ch[0-9][0-9]_*.ipynb"
 
