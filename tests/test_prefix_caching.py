@@ -67,10 +67,10 @@ def test_eviction_pressure_and_preemption_keep_tokens(request, tiny_checkpoints,
     """So few blocks that cached blocks are evicted and running requests preempted;
     a readmitted request matches again (its peers' and its own published blocks)."""
     path = request.getfixturevalue("stories260k") if arch == "stories260K" else tiny_checkpoints[arch]
-    prompts = shared_prefix_prompts(1, 500, num=8)
-    waves = [prompts[:3], prompts, prompts[::-1]]
-    config = dict(kvcache_block_size=4, num_kvcache_blocks=24, max_num_batched_tokens=48)
-    results = {m: run(path, m, waves, max_tokens=20, **config) for m in MODES}
+    prompts = shared_prefix_prompts(1, 500, num=6)
+    waves = [prompts[:3], prompts[::-1]]
+    config = dict(kvcache_block_size=4, num_kvcache_blocks=20, max_num_batched_tokens=48)
+    results = {m: run(path, m, waves, max_tokens=12, **config) for m in MODES}
     reference = [o["token_ids"] for o in results["none"][0]]
     for mode in ("hash", "radix"):
         outs, metrics, _ = results[mode]
