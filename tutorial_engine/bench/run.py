@@ -229,8 +229,9 @@ def run_engine(model_path: str, requests: Requests, options: dict, temperature: 
 
 
 def run_peers(model_path: str, dummy: bool, requests: Requests, peers: list[str], device: torch.device,
-              dtype: torch.dtype) -> dict:
-    """Each peer's result, or ``{"error": ...}`` when it fails (recorded, not fatal)."""
+              dtype: torch.dtype, on_result=lambda name, result: None) -> dict:
+    """Each peer's result, or ``{"error": ...}`` when it fails (recorded, not fatal);
+    ``on_result`` sees each one as soon as it is measured."""
     from . import peers as peer_module
 
     results = {}
@@ -241,14 +242,18 @@ def run_peers(model_path: str, dummy: bool, requests: Requests, peers: list[str]
         except Exception as err:  # a peer's API drift must not lose our own numbers
             logging.exception("peer %s failed", name)
             results[name] = {"error": f"{type(err).__name__}: {err}"}
+        on_result(name, results[name])
     del model
     gc.collect()
     torch.cuda.empty_cache()
     return results
 
 
-def bench(args: argparse.Namespace) -> dict:
-    """Run the benchmark the command line describes; returns the JSON-ready result."""
+def bench(args: argparse.Namespace, save=lambda result: None) -> dict:
+    """Run the benchmark the command line describes; returns the JSON-ready result.
+
+    ``save`` is called with the result so far after the engine's run and after each
+    peer, so a run stopped by a time limit keeps what it measured."""
     from ..loader import decoder_spec, load_hf_config
     from .models import architecture_folder
     from .roofline import measure_ceilings, workload_roofline
@@ -281,13 +286,19 @@ def bench(args: argparse.Namespace) -> dict:
         result["ceilings"] = ceilings.as_dict()
         result["roofline"] = roofline.as_dict()
         result["roofline_fraction"] = engine_result["output_tok_s"] / roofline.tok_s
-        if args.peers:
-            dtype = getattr(torch, engine_result["dtype"])
-            result["peers"] = run_peers(model_path, dummy, requests, args.peers, device, dtype)
-            result["speedup_vs_peers"] = {
-                name: engine_result["output_tok_s"] / peer["output_tok_s"]
-                for name, peer in result["peers"].items() if "output_tok_s" in peer
-            }
+    print_summary(result)
+    save(result)
+    if args.peers and device.type == "cuda":
+        result["peers"], result["speedup_vs_peers"] = {}, {}
+
+        def on_result(name: str, peer: dict) -> None:
+            result["peers"][name] = peer
+            if "output_tok_s" in peer:
+                result["speedup_vs_peers"][name] = engine_result["output_tok_s"] / peer["output_tok_s"]
+            print_peer(name, peer, result["speedup_vs_peers"].get(name))
+            save(result)
+
+        run_peers(model_path, dummy, requests, args.peers, device, getattr(torch, engine_result["dtype"]), on_result)
     return result
 
 
@@ -311,12 +322,14 @@ def print_summary(result: dict) -> None:
         print(f"  roofline {result['roofline']['tok_s']:,.0f} tok/s on {result['environment']['gpu']} "
               f"({result['ceilings']['bandwidth_TBps']:.2f} TB/s, {result['ceilings']['matmul_TFLOPs']:.0f} TFLOP/s): "
               f"{100 * result['roofline_fraction']:.1f}% of it")
-    for name, peer in result.get("peers", {}).items():
-        if "error" in peer:
-            print(f"  {name}: failed: {peer['error']}")
-        else:
-            print(f"  {name}: {peer['time_s']:.2f} s, {peer['output_tok_s']:,.0f} tok/s "
-                  f"(engine is {result['speedup_vs_peers'][name]:.1f}x)")
+    sys.stdout.flush()
+
+
+def print_peer(name: str, peer: dict, speedup: float | None) -> None:
+    if "error" in peer:
+        print(f"  {name}: failed: {peer['error']}", flush=True)
+    else:
+        print(f"  {name}: {peer['time_s']:.2f} s, {peer['output_tok_s']:,.0f} tok/s (engine is {speedup:.1f}x)", flush=True)
 
 
 def add_bench_parser(subparsers) -> None:
@@ -350,10 +363,12 @@ def run_bench_command(args: argparse.Namespace) -> int:
     unknown = [p for p in args.peers if p not in PEERS]
     if unknown:
         raise ValueError(f"unknown peers {unknown}; choose from {PEERS}")
-    result = bench(args)
-    print_summary(result)
+    def save(result: dict) -> None:
+        if args.output:
+            Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.output).write_text(json.dumps(result, indent=1) + "\n")
+
+    bench(args, save)
     if args.output:
-        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.output).write_text(json.dumps(result, indent=1) + "\n")
         print(f"  wrote {args.output}", file=sys.stderr)
     return 0
