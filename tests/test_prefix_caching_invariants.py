@@ -56,7 +56,7 @@ def check_allocator(kv: KVCacheManager, running: list[Sequence]) -> None:
 
 
 def simulate(tmp_path, mode: str, waves: list[list[list[int]]], block_size: int, num_blocks: int,
-             budget: int, chunked: bool, max_tokens: int, break_hash: bool = False):
+             budget: int, chunked: bool, max_tokens: int):
     """Run ``waves`` of prompts (each wave is added when the previous one finished).
     Returns (generated tokens per prompt, metrics, cached tokens per prompt)."""
     config = EngineConfig(model=str(tmp_path), kvcache_block_size=block_size, num_kvcache_blocks=num_blocks,
