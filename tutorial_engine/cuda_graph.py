@@ -42,6 +42,12 @@ def capture_batch_sizes(max_num_seqs: int) -> list[int]:
     return sizes + [max_num_seqs]
 
 
+def padded_batch_size(num_seqs: int, batch_sizes: list[int]) -> int | None:
+    """The captured batch size a decode step of ``num_seqs`` sequences replays: the
+    smallest one ``>= num_seqs``, or None when the step is larger than every graph."""
+    return next((size for size in batch_sizes if size >= num_seqs), None)
+
+
 def graphs_unavailable_reason(config: EngineConfig, device: torch.device, backend: AttentionBackend) -> str | None:
     """Why decode steps must run eagerly, or None when they can be captured."""
     if config.enforce_eager:
@@ -117,7 +123,7 @@ class CUDAGraphDecoder:
 
     def can_run(self, meta: AttentionMetadata) -> bool:
         """True for a decode-only step with at most ``max_num_seqs`` sequences."""
-        return meta.is_decode_only and meta.num_seqs <= self.max_batch_size
+        return meta.is_decode_only and padded_batch_size(meta.num_seqs, self.batch_sizes) is not None
 
     def run(self, input_ids: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
         """Replay the graph for this decode step; returns hidden states ``[n, hidden]``.
@@ -125,7 +131,7 @@ class CUDAGraphDecoder:
         The returned tensor is the graph's output buffer: read it before the next replay.
         """
         n = meta.num_seqs
-        batch_size = next(size for size in self.batch_sizes if size >= n)
+        batch_size = padded_batch_size(n, self.batch_sizes)
         self.input_ids[:n].copy_(input_ids)
         self.positions[:n].copy_(positions)
         self.slot_mapping[:n].copy_(meta.slot_mapping)
