@@ -27,7 +27,9 @@ import triton.language as tl
 LOG2E = 1.4426950408889634  # exp(x) = exp2(x * log2(e)); exp2 is the GPU's native instruction
 
 
-@triton.jit
+# The block table's row stride is 1 when one sequence fits one page (a warm-up); Triton
+# would specialise on that and compile again for the real batch, so it must not.
+@triton.jit(do_not_specialize=["stride_table"])
 def _paged_decode_kernel(
     out_ptr, part_out_ptr, part_lse_ptr,  # out: [B, H, D]; partials: [B, H, S, D] and [B, H, S] (float32)
     q_ptr, k_cache_ptr, v_cache_ptr, block_tables_ptr, seq_lens_ptr,

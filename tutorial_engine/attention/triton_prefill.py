@@ -23,7 +23,9 @@ import triton.language as tl
 from .triton_decode import LOG2E
 
 
-@triton.jit
+# The block table's row stride is 1 when one sequence fits one page (a warm-up); Triton
+# would specialise on that and compile again for the real batch, so it must not.
+@triton.jit(do_not_specialize=["stride_table"])
 def _paged_prefill_kernel(
     out_ptr, q_ptr, k_cache_ptr, v_cache_ptr, block_tables_ptr, seq_lens_ptr, query_start_ptr,
     scale_log2,
