@@ -53,7 +53,13 @@ def architecture_folder(name: str, root: str | Path | None = None) -> Path:
     if name not in ARCHITECTURES:
         raise ValueError(f"architecture {name!r} is unknown; choose one of {sorted(ARCHITECTURES)}, "
                          "or pass --model PATH of a checkpoint folder.")
-    folder = Path(root) if root is not None else Path(tempfile.mkdtemp(prefix=f"{name}-"))
+    return write_config_folder(root if root is not None else tempfile.mkdtemp(prefix=f"{name}-"), ARCHITECTURES[name])
+
+
+def write_config_folder(folder: str | Path, config: dict) -> Path:
+    """A checkpoint folder holding only ``config.json``: enough for ``load_format="dummy"``
+    (weights are random, prompts are token ids since there is no tokenizer)."""
+    folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "config.json").write_text(json.dumps(ARCHITECTURES[name], indent=2))
+    (folder / "config.json").write_text(json.dumps(config, indent=2))
     return folder

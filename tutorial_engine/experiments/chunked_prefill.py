@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import random
 import tempfile
 import time
@@ -34,30 +33,17 @@ from pathlib import Path
 import torch
 
 from .. import LLM, SamplingParams
+from ..bench.models import QWEN3_0_6B_CONFIG, write_config_folder
 from ..models import DecoderSpec
+from . import triton_version, write_json
 
 DEFAULT_OUT = Path(__file__).resolve().parents[2] / "book" / "data" / "chunked_prefill_h200.json"
 
-# Qwen3-0.6B's config.json values (huggingface.co/Qwen/Qwen3-0.6B).
-QWEN3_0_6B = dict(
-    architectures=["Qwen3ForCausalLM"], model_type="qwen3", vocab_size=151936, hidden_size=1024,
-    intermediate_size=3072, num_hidden_layers=28, num_attention_heads=16, num_key_value_heads=8, head_dim=128,
-    max_position_embeddings=40960, rms_norm_eps=1e-6, rope_theta=1000000.0, tie_word_embeddings=True,
-    attention_bias=False, hidden_act="silu", bos_token_id=151643, eos_token_id=151645, torch_dtype="bfloat16",
-)
+QWEN3_0_6B = QWEN3_0_6B_CONFIG
 # The same architecture at toy size, for --small and for the book's CPU runs.
 TINY_QWEN3 = {**QWEN3_0_6B, "vocab_size": 512, "hidden_size": 64, "intermediate_size": 192, "num_hidden_layers": 2,
               "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16, "max_position_embeddings": 4096,
               "bos_token_id": 1, "eos_token_id": 2}
-
-
-def write_config_checkpoint(folder: str | Path, config: dict) -> Path:
-    """A checkpoint folder holding only ``config.json``: enough for ``load_format="dummy"``
-    (weights are random, prompts are token ids since there is no tokenizer)."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "config.json").write_text(json.dumps(config, indent=1))
-    return folder
 
 
 def activation_bytes(spec: DecoderSpec, num_tokens: int, itemsize: int, num_sampled: int = 1) -> int:
@@ -223,7 +209,7 @@ def main() -> None:
     result = {
         "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
         "torch": torch.__version__,
-        "triton": _triton_version(),
+        "triton": triton_version(),
         "date": datetime.date.today().isoformat(),
         "model": "tiny Qwen3 shape, random weights" if args.small else "Qwen3-0.6B shape, random weights (load_format='dummy')",
         "model_config": config,
@@ -234,37 +220,24 @@ def main() -> None:
     }
     backends = args.backends.split(",")
     with tempfile.TemporaryDirectory() as tmp:
-        model_dir = write_config_checkpoint(tmp, config)
+        model_dir = write_config_folder(tmp, config)
         # Most telling first; the file is rewritten after each part, so a run cut short keeps what it measured.
         result["memory"][backends[0]] = prefill_memory_sweep(model_dir, prompt_len, chunk_sizes, backends[0])
-        _write(result, args.out)
+        write_json(result, args.out)
         for chunked in (False, True):  # unrecorded: Triton compiles each new kernel variant here
             decode_stall(model_dir, chunked, budget, **{**stall, "warmup_steps": 2, "steps_after": 2})
         for chunked in (False, True):
             run = decode_stall(model_dir, chunked, budget, **stall)
             result["decode_stall"].append(run)
-            _write(result, args.out)
+            write_json(result, args.out)
             itl = sorted(run["decode_itl_s"])
             print(f"chunked={chunked!s:5} budget {run['budget']:6d}: long-prompt TTFT {run['long_ttft_s'] * 1e3:8.1f} ms "
                   f"in {run['long_ttft_steps']} steps; decode ITL median {itl[len(itl) // 2] * 1e3:7.1f} ms, "
                   f"max {itl[-1] * 1e3:7.1f} ms", flush=True)
         for backend in backends[1:]:
             result["memory"][backend] = prefill_memory_sweep(model_dir, prompt_len, chunk_sizes, backend)
-            _write(result, args.out)
+            write_json(result, args.out)
     print(f"wrote {args.out}")
-
-
-def _write(result: dict, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result, indent=1) + "\n")
-
-
-def _triton_version() -> str | None:
-    try:
-        import triton
-    except ImportError:
-        return None
-    return triton.__version__
 
 
 if __name__ == "__main__":

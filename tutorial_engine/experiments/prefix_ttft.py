@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import statistics
 import tempfile
 from pathlib import Path
@@ -29,7 +28,9 @@ from pathlib import Path
 import torch
 
 from .. import LLM, SamplingParams
-from .chunked_prefill import QWEN3_0_6B, TINY_QWEN3, random_prompt, write_config_checkpoint
+from ..bench.models import write_config_folder
+from .chunked_prefill import QWEN3_0_6B, TINY_QWEN3, random_prompt
+from . import triton_version, write_json
 
 DEFAULT_OUT = Path(__file__).resolve().parents[2] / "book" / "data" / "prefix_caching_ttft.json"
 MODES = ("none", "hash", "radix")
@@ -86,7 +87,7 @@ def main() -> None:
         "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
         "torch": torch.__version__,
         "cuda": torch.version.cuda,
-        "triton": _triton_version(),
+        "triton": triton_version(),
         "date": datetime.date.today().isoformat(),
         "model": "tiny Qwen3 shape, random weights" if args.small else "Qwen3-0.6B shape, random weights (load_format='dummy')",
         "dtype": "bfloat16" if torch.cuda.is_available() else "float32",
@@ -95,26 +96,13 @@ def main() -> None:
         "rows": [],
     }
     with tempfile.TemporaryDirectory() as tmp:
-        model_dir = write_config_checkpoint(tmp, config)
+        model_dir = write_config_folder(tmp, config)
         for mode in MODES:
             result["rows"] += measure_mode(model_dir, mode, prefix_lens, question_len, args.repeats, block_size, budget)
-            _write(result, args.out)  # a run cut short keeps what it measured
+            write_json(result, args.out)  # a run cut short keeps what it measured
     for mode, by_len in speedups(result["rows"]).items():
         print(mode, " ".join(f"{n}: {s:.1f}x" for n, s in by_len.items()))
     print(f"wrote {args.out}")
-
-
-def _write(result: dict, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result, indent=1) + "\n")
-
-
-def _triton_version() -> str | None:
-    try:
-        import triton
-    except ImportError:
-        return None
-    return triton.__version__
 
 
 if __name__ == "__main__":
