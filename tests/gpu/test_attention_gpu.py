@@ -114,3 +114,19 @@ def test_greedy_tokens_identical_across_backends(tiny_qwen3, enforce_eager):
         outs[backend] = [o["token_ids"] for o in llm.generate(prompts, params, use_tqdm=False)]
     assert outs["triton"] == outs["torch"]
     assert outs["auto"] == outs["torch"]
+
+
+def test_chunked_prefill_on_and_off_give_the_same_tokens(tiny_qwen3):
+    """float32, Triton kernels: prompts longer than the token budget, split over several
+    steps beside running decodes, give the tokens of whole-prompt prefill."""
+    rng = random.Random(1)
+    prompts = [[rng.randrange(3, 400) for _ in range(rng.randint(100, 300))] for _ in range(6)]
+    params = SamplingParams(temperature=0.0, max_tokens=40, ignore_eos=True)
+    outs = {}
+    for chunked, budget in ((True, 64), (False, 512)):
+        llm = LLM(tiny_qwen3, attention_backend="triton", dtype="float32", max_model_len=512,
+                  enable_chunked_prefill=chunked, max_num_batched_tokens=budget, num_kvcache_blocks=1024)
+        outs[chunked] = [o["token_ids"] for o in llm.generate(prompts, params, use_tqdm=False)]
+        if chunked:
+            assert llm.get_metrics()["num_chunked_prefill_steps"] > 0
+    assert outs[True] == outs[False]
