@@ -24,11 +24,10 @@ class Sampler:
     def forget(self, seq_id: int) -> None:
         self.request_generators.pop(seq_id, None)
 
-    def _generator(self, seq_id: int, params: SamplingParams) -> torch.Generator:
-        if params.seed is None:
-            return self.generator
+    def _request_generator(self, seq_id: int, seed: int) -> torch.Generator:
+        """The generator of a seeded request, created on its first sampled token."""
         if seq_id not in self.request_generators:
-            self.request_generators[seq_id] = torch.Generator(device=self.device).manual_seed(params.seed)
+            self.request_generators[seq_id] = torch.Generator(device=self.device).manual_seed(seed)
         return self.request_generators[seq_id]
 
     def __call__(self, logits: torch.Tensor, seq_ids: list[int], params: list[SamplingParams]) -> list[int]:
@@ -49,7 +48,7 @@ class Sampler:
         noise = torch.empty_like(probs).exponential_(generator=self.generator)
         for r, i in enumerate(random_rows):  # seeded requests redraw from their own generator
             if params[i].seed is not None:
-                noise[r].exponential_(generator=self._generator(seq_ids[i], params[i]))
+                noise[r].exponential_(generator=self._request_generator(seq_ids[i], params[i].seed))
         greedy[rows] = (probs / noise).argmax(dim=-1)
         return greedy.tolist()
 
