@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tutorial_engine.tiny import write_tiny_checkpoint
+from tutorial_engine.book.tiny import write_tiny_checkpoint
 
 SHARED_MODELS = Path(__file__).resolve().parents[1].parent / "shared" / "models"
 STORIES260K = SHARED_MODELS / "stories260K"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tutorial_engine.grading import FAILED, NOT_ATTEMPTED, PASSED, Task
+from tutorial_engine.book.grading import FAILED, NOT_ATTEMPTED, PASSED, Task
 
 
 def _stub(*args, **kwargs):

@@ -8,15 +8,15 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from tutorial_engine import exercises
-from tutorial_engine.exercises import CODE_STUB, MARKDOWN_STUB, build, check, exercise_from_solution, strip_code
+from tutorial_engine.book import exercises
+from tutorial_engine.book.exercises import CODE_STUB, MARKDOWN_STUB, build, check, exercise_from_solution, strip_code
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_committed_exercises_match_a_fresh_build():
     problems = check(ROOT / "solutions", ROOT / "exercises")
-    assert problems == [], "\n".join(problems) + "\nrun: python -m tutorial_engine.exercises build"
+    assert problems == [], "\n".join(problems) + "\nrun: python -m tutorial_engine.book.exercises build"
 
 
 def test_every_solution_has_a_region_and_its_exercise_reveals_none():
@@ -101,7 +101,7 @@ def test_check_command_exits_nonzero_and_names_the_file(tmp_path, capsys):
     (target / "ch01_a.ipynb").write_text("{}")
     assert exercises.main(["check", *args]) == 1
     err = capsys.readouterr().err
-    assert "ch01_a.ipynb" in err and "python -m tutorial_engine.exercises build" in err
+    assert "ch01_a.ipynb" in err and "python -m tutorial_engine.book.exercises build" in err
 
 
 def test_missing_solutions_folder_raises(tmp_path):

@@ -1,6 +1,6 @@
 """Every graded task, both ways: it passes on the reference, reports a stub as
 "not attempted" and fails on known-wrong answers. Plus the grader core and the
-``python -m tutorial_engine.grade`` command.
+``python -m tutorial_engine.book.grade`` command.
 
 A chapter that adds ``grading/chNN.py`` adds its module to ``MODULES`` and at least
 one known-wrong implementation per task to ``WRONG``.
@@ -16,10 +16,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tutorial_engine import grade
+from tutorial_engine.book import grade
 from tutorial_engine.block_manager import KVCacheManager
 from tutorial_engine.config import EngineConfig
-from tutorial_engine.grading import FAILED, RESULTS, Task, ch00, ch01, ch02, describe, values_match
+from tutorial_engine.book.grading import FAILED, RESULTS, Task, ch00, ch01, ch02, describe, values_match
 from tutorial_engine.metrics import Metrics
 from tutorial_engine.models.rotary import RotaryEmbedding
 from tutorial_engine.sampling_params import SamplingParams
@@ -245,7 +245,7 @@ def test_describe_is_short():
 
 def _exercise(path: Path, throughput_body: str, tpot_body: str) -> Path:
     cells = [
-        "from tutorial_engine.grading import ch00",
+        "from tutorial_engine.book.grading import ch00",
         f"def output_throughput(outputs, elapsed_s):\n    {throughput_body}",
         "ch00.throughput.check(output_throughput)",
         "raise RuntimeError('a broken cell does not stop grading')",

@@ -11,7 +11,7 @@ import torch
 
 from tutorial_engine import SamplingParams
 from tutorial_engine.block_manager import KVCacheManager
-from tutorial_engine.grading import ch03
+from tutorial_engine.book.grading import ch03
 from tutorial_engine.sequence import Sequence
 
 from grading_both_ways import assert_graded_both_ways

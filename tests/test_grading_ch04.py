@@ -12,7 +12,7 @@ import pytest
 
 from tutorial_engine import SamplingParams
 from tutorial_engine.experiments.prefix_hits import StandInEngine
-from tutorial_engine.grading import ch04
+from tutorial_engine.book.grading import ch04
 from tutorial_engine.prefix_cache import RadixTree
 
 from grading_both_ways import assert_graded_both_ways

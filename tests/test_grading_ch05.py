@@ -10,7 +10,7 @@ import pytest
 
 from tutorial_engine import EngineConfig, SamplingParams
 from tutorial_engine.block_manager import KVCacheManager
-from tutorial_engine.grading import ch05
+from tutorial_engine.book.grading import ch05
 from tutorial_engine.metrics import Metrics
 from tutorial_engine.scheduler import Scheduler
 from tutorial_engine.sequence import Sequence

@@ -10,7 +10,7 @@ import torch
 
 from tutorial_engine.attention import AttentionMetadata
 from tutorial_engine.cuda_graph import CUDAGraphDecoder, capture_batch_sizes, padded_batch_size
-from tutorial_engine.grading import ch06
+from tutorial_engine.book.grading import ch06
 
 from grading_both_ways import assert_graded_both_ways
 

@@ -13,7 +13,7 @@ from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 from tutorial_engine import LLM, SamplingParams
 from tutorial_engine.loader import decoder_spec, load_hf_config
 from tutorial_engine.models.rotary import rope_inv_freq
-from tutorial_engine.tiny import write_tiny_checkpoint
+from tutorial_engine.book.tiny import write_tiny_checkpoint
 
 from reference import hf_greedy
 

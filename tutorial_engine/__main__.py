@@ -15,7 +15,7 @@ def default_model() -> str:
     """stories260K when ``../shared`` sits beside the checkout, else the tiny random Qwen3."""
     if (DEFAULT_STORIES / "config.json").is_file():
         return str(DEFAULT_STORIES)
-    from .tiny import tiny_model_path
+    from .book.tiny import tiny_model_path
 
     return str(tiny_model_path("qwen3"))
 

@@ -95,7 +95,7 @@ def test_flash_attn_backend_when_installed():
 
 @pytest.fixture(scope="module")
 def tiny_qwen3(tmp_path_factory):
-    from tutorial_engine.tiny import write_tiny_checkpoint
+    from tutorial_engine.book.tiny import write_tiny_checkpoint
 
     return write_tiny_checkpoint(tmp_path_factory.mktemp("tiny") / "qwen3", "qwen3")
 

@@ -29,7 +29,7 @@ from ..metrics import Metrics
 from ..sampling_params import SamplingParams
 from ..scheduler import Scheduler
 from ..sequence import Sequence
-from ..tiny import tiny_model_path
+from ..book.tiny import tiny_model_path
 
 
 @dataclass(frozen=True)

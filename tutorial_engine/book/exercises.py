@@ -18,8 +18,8 @@ files depend on the solutions' sources alone (nbgrader's markers, a smaller tool
 
 Commands (run from the repository root)::
 
-    python -m tutorial_engine.exercises build   # write exercises/chNN_*.ipynb
-    python -m tutorial_engine.exercises check   # exit 1, naming the files, if exercises/ is stale
+    python -m tutorial_engine.book.exercises build   # write exercises/chNN_*.ipynb
+    python -m tutorial_engine.book.exercises check   # exit 1, naming the files, if exercises/ is stale
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from pathlib import Path
 
 import nbformat
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 CODE_BEGIN, CODE_END = "### BEGIN SOLUTION", "### END SOLUTION"
 MARKDOWN_BEGIN, MARKDOWN_END = "<!-- BEGIN SOLUTION -->", "<!-- END SOLUTION -->"
 CODE_STUB = 'raise NotImplementedError("replace this line with your code")'
@@ -135,7 +135,7 @@ def check(solutions: Path = ROOT / "solutions", exercises: Path = ROOT / "exerci
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tutorial_engine.exercises", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m tutorial_engine.book.exercises", description=__doc__.split("\n")[0])
     parser.add_argument("command", choices=["build", "check"])
     parser.add_argument("--solutions", type=Path, default=ROOT / "solutions")
     parser.add_argument("--exercises", type=Path, default=ROOT / "exercises")
@@ -150,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     for problem in problems:
         print(f"stale exercise: {problem}", file=sys.stderr)
     if problems:
-        print("Regenerate them with: python -m tutorial_engine.exercises build", file=sys.stderr)
+        print("Regenerate them with: python -m tutorial_engine.book.exercises build", file=sys.stderr)
         return 1
     print(f"exercises are up to date with {args.solutions}")
     return 0

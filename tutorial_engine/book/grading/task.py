@@ -1,6 +1,6 @@
 """The generic grader: a :class:`Task` runs a learner's function against a reference.
 
-See the package docstring (``tutorial_engine.grading``) for how chapters declare tasks.
+See the package docstring (``tutorial_engine.book.grading``) for how chapters declare tasks.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ class CheckResult:
 
 
 # Every check() verdict of this Python process, by task name (the latest wins).
-# ``python -m tutorial_engine.grade`` reads it after running a notebook.
+# ``python -m tutorial_engine.book.grade`` reads it after running a notebook.
 RESULTS: dict[str, CheckResult] = {}
 
 

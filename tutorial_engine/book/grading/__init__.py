@@ -2,7 +2,7 @@
 
 In an exercise notebook::
 
-    from tutorial_engine.grading import ch02
+    from tutorial_engine.book.grading import ch02
 
     def kv_cache_bytes_per_token(num_layers, num_kv_heads, head_dim, dtype_bytes):
         raise NotImplementedError("...")      # the learner replaces this
@@ -20,7 +20,7 @@ compares with ``compare`` (:func:`values_match`: tensors by ``allclose``, floats
 arguments, the expected and the actual value. A stub that still raises
 NotImplementedError is reported as "not attempted", any other exception as a failure
 with the case that raised it. Every verdict lands in :data:`RESULTS`, which
-``python -m tutorial_engine.grade`` reads after executing a notebook.
+``python -m tutorial_engine.book.grade`` reads after executing a notebook.
 
 Adding a chapter (``grading/ch04.py`` for ``solutions/ch04_*.ipynb``):
 
@@ -33,7 +33,7 @@ Adding a chapter (``grading/ch04.py`` for ``solutions/ch04_*.ipynb``):
    from the module whose name is the notebook's ``chNN`` prefix.
 4. In the solution notebook, put the learner's part between ``### BEGIN SOLUTION`` and
    ``### END SOLUTION`` and follow it with a check cell; regenerate ``exercises/``
-   with ``python -m tutorial_engine.exercises build``.
+   with ``python -m tutorial_engine.book.exercises build``.
 5. Test every task both ways (``tests/test_grading.py`` shows how): ``task.run`` passes
    on the reference, is "not attempted" on a stub and "failed" on a known-wrong answer.
 """

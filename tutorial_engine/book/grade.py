@@ -1,12 +1,12 @@
 """Grade exercise notebooks from the command line and print a score table.
 
-    python -m tutorial_engine.grade exercises/                        # every chNN_*.ipynb in it
-    python -m tutorial_engine.grade exercises/ch02_kv_cache_continuous_batching.ipynb
+    python -m tutorial_engine.book.grade exercises/                        # every chNN_*.ipynb in it
+    python -m tutorial_engine.book.grade exercises/ch02_kv_cache_continuous_batching.ipynb
 
 Each notebook runs top to bottom in a fresh kernel, in its own folder, with nbclient.
 A cell that raises does not stop the run, so later check cells still report. Then
-the grader reads the kernel's ``tutorial_engine.grading.RESULTS``. A notebook's tasks
-are those listed in ``tutorial_engine.grading.chNN.TASKS`` for its ``chNN`` prefix;
+the grader reads the kernel's ``tutorial_engine.book.grading.RESULTS``. A notebook's tasks
+are those listed in ``tutorial_engine.book.grading.chNN.TASKS`` for its ``chNN`` prefix;
 a task whose check never ran counts as "not run". Exit status: 0 when every task
 passed, 1 otherwise; 2 for a path that is not a notebook or folder of them.
 """
@@ -26,11 +26,11 @@ from nbclient import NotebookClient
 
 from .grading import PASSED
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SENTINEL = "tutorial-engine-grade:"
 COLLECT_SOURCE = (
     "import json\n"
-    "from tutorial_engine.grading import RESULTS\n"
+    "from tutorial_engine.book.grading import RESULTS\n"
     f"print({SENTINEL!r} + json.dumps({{name: result.status for name, result in RESULTS.items()}}))"
 )
 NOT_RUN = "not run"
@@ -56,7 +56,7 @@ class NotebookScore:
 def expected_tasks(path: Path) -> list[str]:
     """Task names of the grading module matching the notebook's ``chNN`` prefix ([] if none)."""
     try:
-        module = importlib.import_module(f"tutorial_engine.grading.{path.name[:4]}")
+        module = importlib.import_module(f"tutorial_engine.book.grading.{path.name[:4]}")
     except ImportError:
         return []
     return [task.name for task in getattr(module, "TASKS", [])]
@@ -124,7 +124,7 @@ def format_table(scores: list[NotebookScore]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tutorial_engine.grade", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m tutorial_engine.book.grade", description=__doc__.split("\n")[0])
     parser.add_argument("paths", nargs="*", type=Path, default=[ROOT / "exercises"],
                         help="exercise notebooks or folders of them (default: exercises/)")
     parser.add_argument("--timeout", type=int, default=600, help="seconds allowed per cell")

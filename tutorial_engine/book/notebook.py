@@ -11,7 +11,7 @@ from pathlib import Path
 from .tiny import tiny_model_path
 
 MODEL_ENV = "TUTORIAL_ENGINE_MODEL"
-DATA_DIR = Path(__file__).resolve().parents[1] / "book" / "data"
+DATA_DIR = Path(__file__).resolve().parents[2] / "book" / "data"
 
 
 def model_path() -> str:
