@@ -16,13 +16,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from transformers import AutoModelForCausalLM
 
-from tutorial_engine import LLM, EngineConfig, SamplingParams
+from tutorial_engine import LLM, SamplingParams
 from tutorial_engine import scheduler as scheduler_module
 from tutorial_engine.attention import AttentionMetadata
 from tutorial_engine.attention.torch_backend import paged_attention, store_kvcache
 from tutorial_engine.block_manager import KVCacheManager
 from tutorial_engine.metrics import Metrics, summarize_latency
-from tutorial_engine.scheduler import Scheduler
+from tutorial_engine.scheduler import Scheduler, SchedulerConfig
 from tutorial_engine.sequence import Sequence
 
 GREEDY = SamplingParams(temperature=0, max_tokens=10, ignore_eos=True)
@@ -165,25 +165,23 @@ def test_mixed_steps_keep_decodes_running_and_tokens_unchanged(tiny_checkpoints)
 
 def make_scheduler(model_dir, budget: int, max_num_seqs: int, num_blocks: int, block_size: int,
                    chunked: bool = True, max_model_len: int = 4096) -> Scheduler:
-    config = EngineConfig(model=str(model_dir), max_num_batched_tokens=budget, max_num_seqs=max_num_seqs,
-                          kvcache_block_size=block_size, num_kvcache_blocks=num_blocks,
-                          enable_chunked_prefill=chunked)
-    return Scheduler(config, max_model_len, KVCacheManager(num_blocks, block_size), eos_token_ids={2},
-                     metrics=Metrics())
+    config = SchedulerConfig(max_num_seqs=max_num_seqs, max_num_batched_tokens=budget, max_model_len=max_model_len,
+                             enable_chunked_prefill=chunked)
+    return Scheduler(config, KVCacheManager(num_blocks, block_size), eos_token_ids={2})
 
 
 def test_long_prompt_is_split_and_partial_chunks_sample_nothing(tiny_checkpoints):
     sched = make_scheduler(tiny_checkpoints["qwen3"], budget=16, max_num_seqs=4, num_blocks=16, block_size=8)
     seq = Sequence(0, list(range(3, 103)), SamplingParams(max_tokens=2, ignore_eos=True))
     sched.add(seq)
-    plans = []
+    plans, metrics = [], Metrics()
     while sched.has_unfinished():
         out = sched.schedule()
+        metrics.record_step(out.stats)
         plans.append([(s.num_new_tokens, s.samples) for s in out.scheduled])
         sched.update(out, [7] * sum(s.samples for s in out.scheduled))
     assert plans == [[(16, False)]] * 6 + [[(4, True)], [(1, True)]]
     assert seq.output_token_ids == [7, 7]
-    metrics = sched.metrics
     assert metrics.num_chunked_prefill_steps == 6
     assert metrics.batched_tokens_per_step == [16] * 6 + [4, 1]
     assert (metrics.num_prefill_tokens, metrics.num_decode_tokens) == (100, 1)
@@ -207,7 +205,7 @@ def test_scheduler_invariants_on_random_workloads(tiny_checkpoints, workload, bu
     pending = sorted(((arrive, Sequence(i, [5] * p, SamplingParams(max_tokens=m, ignore_eos=True)))
                       for i, (p, m, arrive) in enumerate(workload)), key=lambda x: x[0])
     seqs = [s for _, s in pending]
-    step = 0
+    step, metrics = 0, Metrics()
     while pending or sched.has_unfinished():
         while pending and pending[0][0] <= step:
             sched.add(pending.pop(0)[1])
@@ -215,21 +213,23 @@ def test_scheduler_invariants_on_random_workloads(tiny_checkpoints, workload, bu
         assert step < 10_000, "no progress"
         if not sched.has_unfinished():
             continue
+        waiting_decodes = {s.seq_id for s in sched.running if s.num_uncomputed_tokens == 1}
         out = sched.schedule()
+        metrics.record_step(out.stats)
         assert 0 < out.num_batched_tokens <= budget or (out.is_empty and out.preempted)
         assert len(out.scheduled) <= max_num_seqs
         assert len({s.seq.seq_id for s in out.scheduled}) == len(out.scheduled)
         for item in out.scheduled:
-            assert 1 <= item.num_new_tokens <= item.seq.num_uncomputed_tokens
-            assert item.samples == (item.seq.num_computed_tokens + item.num_new_tokens == item.seq.num_tokens)
+            assert 1 <= item.num_new_tokens and item.start + item.num_new_tokens <= item.seq.num_tokens
+            assert item.samples == (item.start + item.num_new_tokens == item.seq.num_tokens)
+            assert item.seq.num_computed_tokens == item.start + item.num_new_tokens  # advanced when planned
         scheduled = {s.seq.seq_id for s in out.scheduled}
-        if any(s.seq.num_uncomputed_tokens > 1 for s in out.scheduled):  # a prompt chunk ran...
-            decodes = {s.seq_id for s in sched.running if s.num_uncomputed_tokens == 1}
-            assert decodes <= scheduled  # ...so every running decode got its token first
+        if any(s.start < s.seq.num_tokens - 1 for s in out.scheduled):  # a prompt chunk ran...
+            preempted = {s.seq_id for s in out.preempted}
+            assert waiting_decodes - preempted <= scheduled  # ...so every running decode got its token first
         sched.update(out, [9] * sum(s.samples for s in out.scheduled))
     assert all(s.num_output_tokens == s.sampling_params.max_tokens for s in seqs)
     assert sched.kv_cache.num_free_blocks == num_blocks
-    metrics = sched.metrics
     assert sum(metrics.batched_tokens_per_step) == metrics.num_prefill_tokens + metrics.num_decode_tokens
     if not metrics.num_preemptions:
         assert metrics.num_prefill_tokens == sum(p for p, _, _ in workload)

@@ -18,12 +18,10 @@ import torch.nn.functional as F
 
 from tutorial_engine.book import grade
 from tutorial_engine.block_manager import KVCacheManager
-from tutorial_engine.config import EngineConfig
 from tutorial_engine.book.grading import FAILED, RESULTS, Task, ch00, ch01, ch02, describe, values_match
-from tutorial_engine.metrics import Metrics
 from tutorial_engine.models.rotary import RotaryEmbedding
 from tutorial_engine.sampling_params import SamplingParams
-from tutorial_engine.scheduler import Scheduler
+from tutorial_engine.scheduler import Scheduler, SchedulerConfig
 from tutorial_engine.sequence import Sequence
 
 from grading_both_ways import assert_graded_both_ways
@@ -135,9 +133,8 @@ def test_gqa_reference_is_torch_sdpa_with_gqa():
 
 def _engine_admits(waiting, num_running, max_num_seqs, max_num_batched_tokens, num_free_blocks, block_size, model):
     """Requests the engine's own Scheduler (chunked prefill off) admits in one step."""
-    config = EngineConfig(model=str(model), max_num_seqs=max_num_seqs, max_num_batched_tokens=max_num_batched_tokens,
-                          enable_chunked_prefill=False)
-    scheduler = Scheduler(config, 4096, KVCacheManager(max(1, num_free_blocks), block_size), set(), Metrics())
+    config = SchedulerConfig(max_num_seqs, max_num_batched_tokens, max_model_len=4096, enable_chunked_prefill=False)
+    scheduler = Scheduler(config, KVCacheManager(max(1, num_free_blocks), block_size), set())
     if num_free_blocks == 0:  # a manager needs one block; hold it so that none is free
         scheduler.kv_cache.allocator.allocate()
     scheduler.running = [Sequence(10_000 + i, [0], SamplingParams()) for i in range(num_running)]

@@ -8,11 +8,10 @@ import random
 
 import pytest
 
-from tutorial_engine import EngineConfig, SamplingParams
+from tutorial_engine import SamplingParams
 from tutorial_engine.block_manager import KVCacheManager
 from tutorial_engine.book.grading import ch05
-from tutorial_engine.metrics import Metrics
-from tutorial_engine.scheduler import Scheduler
+from tutorial_engine.scheduler import Scheduler, SchedulerConfig
 from tutorial_engine.sequence import Sequence
 
 from grading_both_ways import assert_graded_both_ways
@@ -136,9 +135,9 @@ def test_task_graded_both_ways(task):
 
 def engine_schedule(model_dir, prompt_lens, output_lens, budget, chunked) -> list[list[tuple[int, int]]]:
     """What tutorial_engine's Scheduler plans for the same queue (ample slots and pages)."""
-    config = EngineConfig(model=str(model_dir), max_num_batched_tokens=budget, max_num_seqs=64,
-                          num_kvcache_blocks=256, kvcache_block_size=16, enable_chunked_prefill=chunked)
-    scheduler = Scheduler(config, 4096, KVCacheManager(256, 16), eos_token_ids=set(), metrics=Metrics())
+    config = SchedulerConfig(max_num_seqs=64, max_num_batched_tokens=budget, max_model_len=4096,
+                             enable_chunked_prefill=chunked)
+    scheduler = Scheduler(config, KVCacheManager(256, 16), eos_token_ids=set())
     for i, (p, m) in enumerate(zip(prompt_lens, output_lens)):
         scheduler.add(Sequence(i, [5] * p, SamplingParams(max_tokens=m, ignore_eos=True)))
     steps = []

@@ -23,6 +23,7 @@ from tutorial_engine.config import EngineConfig  # noqa: E402
 from tutorial_engine.cuda_graph import CUDAGraphDecoder, capture_batch_sizes, graphs_unavailable_reason  # noqa: E402
 from tutorial_engine.scheduler import ScheduledSequence, SchedulerOutput  # noqa: E402
 from tutorial_engine.sequence import Sequence  # noqa: E402
+from tutorial_engine.step_plan import build_step_plan  # noqa: E402
 
 
 def reference_prepare(out: SchedulerOutput, block_size: int) -> dict:
@@ -42,8 +43,8 @@ def reference_prepare(out: SchedulerOutput, block_size: int) -> dict:
     return dict(ids=ids, positions=positions, slots=slots, qsl=qsl, seq_lens=seq_lens, logits=logits, tables=tables)
 
 
-def test_prepare_matches_per_token_reference(tiny_checkpoints):
-    runner = LLM(tiny_checkpoints["qwen3"], kvcache_block_size=4).engine.model_runner
+def test_step_plan_matches_per_token_reference(tiny_checkpoints):
+    runner = LLM(tiny_checkpoints["qwen3"], kvcache_block_size=4).engine.executor.runner
     params = SamplingParams(max_tokens=4)
     out = SchedulerOutput()
     # (prompt length, computed tokens, new tokens, pages): decode, first chunk, middle chunk, whole prompt.
@@ -54,7 +55,7 @@ def test_prepare_matches_per_token_reference(tiny_checkpoints):
             seq.token_ids.append(42)
         seq.num_computed_tokens, seq.block_table = computed, table
         out.scheduled.append(ScheduledSequence(seq, new))
-    inputs, ref = runner.prepare(out), reference_prepare(out, 4)
+    inputs, ref = runner.prepare(build_step_plan(out, 4)), reference_prepare(out, 4)
     meta = inputs.meta
     assert inputs.input_ids.tolist() == ref["ids"] and inputs.positions.tolist() == ref["positions"]
     assert meta.slot_mapping.tolist() == ref["slots"] and meta.block_tables.tolist() == ref["tables"]
@@ -114,7 +115,7 @@ def test_graph_padding_keeps_greedy_tokens(tiny_checkpoints, max_tokens):
     llm = LLM(tiny_checkpoints["qwen3"], attention_backend="triton", kvcache_block_size=4, max_num_seqs=8)
     params = [SamplingParams(temperature=0, max_tokens=n, ignore_eos=True) for n in max_tokens]
     eager = [o["token_ids"] for o in llm.generate(PROMPTS, params, use_tqdm=False)]
-    runner = llm.engine.model_runner
+    runner = llm.engine.executor.runner
     runner.graphs = CPUGraphDecoder(runner.model, 8, 16, runner.max_model_len, runner.device)
     padded = [o["token_ids"] for o in llm.generate(PROMPTS, params, use_tqdm=False)]
     assert padded == eager

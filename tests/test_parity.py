@@ -7,6 +7,7 @@ import torch
 
 from tutorial_engine import LLM, SamplingParams
 from tutorial_engine.scheduler import ScheduledSequence, SchedulerOutput
+from tutorial_engine.step_plan import build_step_plan
 from tutorial_engine.sequence import Sequence
 
 from reference import hf_greedy, hf_model
@@ -72,8 +73,8 @@ def test_prefill_logits_close_to_transformers(tiny_checkpoints):
     ids = llm.tokenizer("Keys and values of earlier tokens are kept").input_ids
     seq = Sequence(0, ids, greedy(1))
     assert llm.engine.kv_cache.allocate_slots(seq, len(ids))
-    runner = llm.engine.model_runner
-    inputs = runner.prepare(SchedulerOutput([ScheduledSequence(seq, len(ids))]))
+    runner = llm.engine.executor.runner
+    inputs = runner.prepare(build_step_plan(SchedulerOutput([ScheduledSequence(seq, len(ids))]), 4))
     with torch.inference_mode():
         ours = runner.model.compute_logits(runner.model(inputs.input_ids, inputs.positions, inputs.meta))
         theirs = hf_model(path)(torch.tensor([ids])).logits[0]

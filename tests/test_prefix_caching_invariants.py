@@ -12,12 +12,12 @@ import random
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tutorial_engine import EngineConfig, SamplingParams
+from tutorial_engine import SamplingParams
 from tutorial_engine.block_manager import KVCacheManager
 from tutorial_engine.metrics import Metrics
 from tutorial_engine.prefix_cache import HashPrefixCache, RadixPrefixCache
 from tutorial_engine.prefix_cache import hash_cache
-from tutorial_engine.scheduler import Scheduler
+from tutorial_engine.scheduler import Scheduler, SchedulerConfig
 from tutorial_engine.sequence import Sequence, SequenceStatus
 
 
@@ -59,12 +59,11 @@ def simulate(tmp_path, mode: str, waves: list[list[list[int]]], block_size: int,
              budget: int, chunked: bool, max_tokens: int):
     """Run ``waves`` of prompts (each wave is added when the previous one finished).
     Returns (generated tokens per prompt, metrics, cached tokens per prompt)."""
-    config = EngineConfig(model=str(tmp_path), kvcache_block_size=block_size, num_kvcache_blocks=num_blocks,
-                          max_num_batched_tokens=budget, enable_chunked_prefill=chunked, prefix_caching=mode,
-                          max_num_seqs=4)
+    config = SchedulerConfig(max_num_seqs=4, max_num_batched_tokens=budget, max_model_len=10_000,
+                             enable_chunked_prefill=chunked)
     kv = KVCacheManager(num_blocks, block_size, mode)
     metrics = Metrics()
-    scheduler = Scheduler(config, 10_000, kv, set(), metrics)
+    scheduler = Scheduler(config, kv, set())
     content: dict[int, tuple[int, ...]] = {}  # slot -> the token prefix whose K/V it holds
     seqs, seq_id = [], 0
     for wave in waves:
@@ -75,9 +74,10 @@ def simulate(tmp_path, mode: str, waves: list[list[list[int]]], block_size: int,
             scheduler.add(seq)
         while scheduler.has_unfinished():
             out = scheduler.schedule()
+            metrics.record_step(out.stats)
             assert not out.is_empty
             for item in out.scheduled:
-                seq, start = item.seq, item.seq.num_computed_tokens
+                seq, start = item.seq, item.start
                 assert item.num_new_tokens >= 1  # even a full cache hit computes the last token
                 for p in range(start):  # what attention will read
                     assert content[kv.slot(seq, p)] == tuple(seq.token_ids[: p + 1]), "wrong KV served"

@@ -5,64 +5,20 @@ into fixed-size blocks of ``block_size`` token slots; a sequence owns a *block t
 (list of physical block ids) so its cache need not be contiguous. Slot ``s`` of the
 flat cache is token ``s % block_size`` of block ``s // block_size``.
 
-Blocks carry reference counts so that sequences with a common prefix can share one
-physical block without copying: the prefix cache (:mod:`tutorial_engine.prefix_cache`)
-decides which blocks are shared, and this manager asks it to evict unused cached
-blocks when the free list runs dry.
+Blocks carry reference counts (:class:`~tutorial_engine.block_allocator.BlockAllocator`)
+so that sequences with a common prefix can share one physical block without copying:
+the prefix cache (:mod:`tutorial_engine.prefix_cache`) decides which blocks are shared,
+and this manager asks it to evict unused cached blocks when the free list runs dry.
+
+One owner: only this manager writes a sequence's block table and its count of
+computed tokens; the scheduler and the prefix caches ask it to.
 """
 
 from __future__ import annotations
 
-from collections import deque
-from dataclasses import dataclass, field
-
+from .block_allocator import BlockAllocator
 from .prefix_cache import PrefixCache, make_prefix_cache
 from .sequence import Sequence
-
-
-@dataclass
-class BlockAllocator:
-    """Hands out physical block ids and tracks how many sequences hold each.
-
-    Invariants (property-tested): a block is either free (ref count 0, in the free
-    queue exactly once) or in use (ref count >= 1, not in the free queue).
-    """
-
-    num_blocks: int
-    free_block_ids: deque[int] = field(init=False)
-    ref_counts: list[int] = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.free_block_ids = deque(range(self.num_blocks))
-        self.ref_counts = [0] * self.num_blocks
-
-    @property
-    def num_free_blocks(self) -> int:
-        return len(self.free_block_ids)
-
-    def allocate(self) -> int:
-        """Take a free block; its ref count becomes 1. Raises RuntimeError when none is free."""
-        if not self.free_block_ids:
-            raise RuntimeError("out of KV-cache blocks; the scheduler must check can_allocate first")
-        block_id = self.free_block_ids.popleft()
-        self.ref_counts[block_id] = 1
-        return block_id
-
-    def incref(self, block_id: int) -> None:
-        """Share an in-use block with one more sequence."""
-        if self.ref_counts[block_id] <= 0:
-            raise RuntimeError(f"block {block_id} is free; cannot share it")
-        self.ref_counts[block_id] += 1
-
-    def decref(self, block_id: int) -> bool:
-        """Drop one reference; returns True when the block became free."""
-        if self.ref_counts[block_id] <= 0:
-            raise RuntimeError(f"block {block_id} freed twice")
-        self.ref_counts[block_id] -= 1
-        if self.ref_counts[block_id] == 0:
-            self.free_block_ids.append(block_id)
-            return True
-        return False
 
 
 class KVCacheManager:
@@ -94,7 +50,11 @@ class KVCacheManager:
         """On admission (empty block table): reuse the cached blocks of ``seq``'s longest
         cached prefix. Sets ``seq.block_table`` and ``seq.num_computed_tokens``;
         returns the tokens served from the cache (0 without a prefix cache)."""
-        return self.prefix_cache.match(seq) if self.prefix_cache is not None else 0
+        if self.prefix_cache is None:
+            return 0
+        seq.block_table.extend(self.prefix_cache.match(seq.seq_id, seq.token_ids))
+        seq.num_computed_tokens = len(seq.block_table) * self.block_size
+        return seq.num_computed_tokens
 
     def allocate_slots(self, seq: Sequence, num_new_tokens: int) -> bool:
         """Make room for ``num_new_tokens`` tokens after the computed ones, evicting
@@ -111,22 +71,35 @@ class KVCacheManager:
         seq.block_table.extend(self.allocator.allocate() for _ in range(needed))
         return True
 
+    def advance(self, seq: Sequence, num_new_tokens: int) -> None:
+        """A step that computes the next ``num_new_tokens`` tokens of ``seq`` was planned:
+        count them as computed (their slots were reserved by :meth:`allocate_slots`).
+        The step's own result may arrive later; nothing reads these K/V before it runs,
+        because later steps run after it on the same device stream."""
+        seq.num_computed_tokens += num_new_tokens
+
     def cache_blocks(self, seq: Sequence, num_new_tokens: int) -> None:
-        """After a step computed ``num_new_tokens`` of ``seq``: let the prefix cache
-        publish the blocks that became full."""
+        """After a step computed ``num_new_tokens`` of ``seq`` (its tokens are known):
+        let the prefix cache publish the blocks that became full."""
         if self.prefix_cache is not None:
-            self.prefix_cache.cache(seq, num_new_tokens)
+            for index, page in self.prefix_cache.cache(seq, num_new_tokens).items():
+                seq.block_table[index] = page
 
     def free(self, seq: Sequence) -> None:
-        """Release every block of ``seq``, tail first (so the tail is reused first);
-        with a prefix cache its computed blocks stay cached until evicted."""
+        """Release every block of ``seq``, tail first (so the tail is reused first),
+        and reset its computed tokens; with a prefix cache its computed blocks stay
+        cached until evicted."""
         if self.prefix_cache is not None:
             self.prefix_cache.release(seq)
-            return
-        for block_id in reversed(seq.block_table):
-            self.allocator.decref(block_id)
+        else:
+            for block_id in reversed(seq.block_table):
+                self.allocator.decref(block_id)
         seq.block_table.clear()
+        seq.num_computed_tokens = 0
 
     def slot(self, seq: Sequence, position: int) -> int:
         """Flat cache slot of token ``position`` of ``seq``."""
         return seq.block_table[position // self.block_size] * self.block_size + position % self.block_size
+
+
+__all__ = ["BlockAllocator", "KVCacheManager"]

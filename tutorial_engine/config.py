@@ -16,6 +16,9 @@ LOAD_FORMATS = ("auto", "dummy")
 class EngineConfig:
     """Everything ``LLM(model=..., **config)`` accepts.
 
+    ``overlap_scheduling``: plan step N+1 while the GPU runs step N (chapter 7);
+    ``None`` turns it on on a GPU and off on a CPU, where nothing runs concurrently.
+
     Memory: ``num_kvcache_blocks`` pages of ``kvcache_block_size`` tokens each hold
     the KV cache. Left as ``None`` it is sized from ``gpu_memory_utilization`` of the
     GPU (after profiling a worst-case step), or from ``cpu_kvcache_space_gib`` on a CPU.
@@ -34,6 +37,7 @@ class EngineConfig:
     num_kvcache_blocks: int | None = None
     enforce_eager: bool = False
     enable_chunked_prefill: bool = True
+    overlap_scheduling: bool | None = None
     prefix_caching: str = "none"
     tensor_parallel_size: int = 1
     attention_backend: str = "auto"

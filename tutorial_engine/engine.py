@@ -1,28 +1,46 @@
-"""The engine loop: requests in, scheduler plans a step, model runner executes it."""
+"""The engine loop: requests in, the scheduler plans a step, the executor runs it.
+
+Two loops over the same pieces (chapter 7):
+
+* the plain loop (``overlap_scheduling=False``): plan step N, run it, wait for its
+  tokens, update; the GPU idles while the CPU plans and updates;
+* the overlapped loop (the default on a GPU): plan and launch step N+1 *before*
+  waiting for step N's tokens, then process step N while the GPU runs N+1, as in
+  mini-SGLang's overlap loop, SGLang's zero-overhead scheduler and vLLM's async
+  scheduling. A request whose last token is still on the GPU takes it from there
+  (``StepPlan`` placeholders); a request that stops on that token has run one extra
+  step, whose token is dropped.
+"""
 
 from __future__ import annotations
 
 import itertools
 import logging
-import math
-
-import torch
+from dataclasses import dataclass
 
 from .block_manager import KVCacheManager
 from .config import EngineConfig, resolve_dtype
-from .cuda_graph import graphs_unavailable_reason
-from .gpu_memory import MemoryProfile, profile_memory
-from .loader import checkpoint_dtype, decoder_spec, eos_token_ids, load_hf_config, load_tokenizer, load_weights
+from .executor import Executor, InProcessExecutor
+from .loader import checkpoint_dtype, decoder_spec, eos_token_ids, load_hf_config, load_tokenizer
 from .metrics import Metrics
-from .model_runner import ModelRunner, kv_cache_bytes_per_block
-from .models import CausalLM, DecoderSpec
+from .model_runner import StepResult
+from .models import DecoderSpec
 from .sampling_params import SamplingParams
-from .scheduler import Scheduler
+from .scheduler import Scheduler, SchedulerConfig, SchedulerOutput
 from .sequence import Sequence
+from .step_plan import build_step_plan
 
 logger = logging.getLogger(__name__)
 
 Prompt = str | list[int]
+
+
+@dataclass
+class InFlightStep:
+    """A launched step whose tokens have not been processed yet."""
+
+    out: SchedulerOutput
+    result: StepResult
 
 
 class LLMEngine:
@@ -42,18 +60,22 @@ class LLMEngine:
         self.dtype = resolve_dtype(config.dtype, checkpoint_dtype(hf_config), self.device)
         self.tokenizer = load_tokenizer(config.model)
         self.eos_token_ids = eos_token_ids(config.model, hf_config, self.tokenizer)
-        model = build_model(self.spec, config, self.device, self.dtype)
-        self.model_runner = ModelRunner(config, model, self.device, self.max_model_len)
-        self.memory_profile: MemoryProfile | None = None
-        num_blocks = config.num_kvcache_blocks or self._auto_num_blocks()
-        self.model_runner.allocate_kv_cache(num_blocks)
-        self.model_runner.capture_cuda_graphs()
-        self.metrics = Metrics()
+        self.overlap_scheduling = (config.overlap_scheduling if config.overlap_scheduling is not None
+                                   else self.device.type == "cuda")
+        self.executor: Executor = InProcessExecutor(config, self.spec, self.device, self.dtype, self.max_model_len)
+        num_blocks = self.executor.num_kv_blocks
         self.kv_cache = KVCacheManager(num_blocks, config.kvcache_block_size, config.prefix_caching)
-        self.scheduler = Scheduler(config, self.max_model_len, self.kv_cache, self.eos_token_ids, self.metrics)
+        scheduler_config = SchedulerConfig(config.max_num_seqs, config.max_num_batched_tokens, self.max_model_len,
+                                           config.enable_chunked_prefill)
+        self.scheduler = Scheduler(scheduler_config, self.kv_cache, self.eos_token_ids)
+        self.metrics = Metrics()
+        self.requests: dict[int, Sequence] = {}  # unfinished requests by id
+        self._in_flight: InFlightStep | None = None
+        self._finished_ids: list[int] = []  # told to the executor with the next plan
         self._seq_ids = itertools.count()
-        logger.info("KV cache: %d blocks x %d tokens = %d tokens", num_blocks, config.kvcache_block_size,
-                    num_blocks * config.kvcache_block_size)
+        logger.info("KV cache: %d blocks x %d tokens = %d tokens; overlap scheduling %s", num_blocks,
+                    config.kvcache_block_size, num_blocks * config.kvcache_block_size,
+                    "on" if self.overlap_scheduling else "off")
 
     @staticmethod
     def _max_model_len(config: EngineConfig, spec: DecoderSpec) -> int:
@@ -73,27 +95,6 @@ class LLMEngine:
     @property
     def num_kvcache_blocks(self) -> int:
         return self.kv_cache.allocator.num_blocks
-
-    def _auto_num_blocks(self) -> int:
-        """KV pages from the memory budget: on a CPU ``cpu_kvcache_space_gib`` (but no
-        more than every sequence at full length needs); on a GPU what
-        ``gpu_memory_utilization`` of the card leaves after the weights and a profiled
-        worst-case step (see ``gpu_memory.py``)."""
-        per_block = kv_cache_bytes_per_block(self.spec, self.config.kvcache_block_size, self.dtype,
-                                             max(1, self.spec.num_kv_heads // self.config.tensor_parallel_size))
-        if self.device.type == "cuda":
-            with_graphs = graphs_unavailable_reason(self.config, self.device, self.model_runner.backend) is None
-            self.memory_profile = profile_memory(self.model_runner, self.max_model_len, per_block, with_graphs)
-            logger.info("GPU memory (GiB): %s", self.memory_profile.as_gib())
-            budget = self.memory_profile.kv_cache
-        else:
-            budget = self.config.cpu_kvcache_space_gib * 2**30
-        full = self.config.max_num_seqs * math.ceil(self.max_model_len / self.config.kvcache_block_size)
-        num_blocks = min(int(budget // per_block), full)
-        if num_blocks < 1:
-            raise ValueError("no memory is left for the KV cache after loading the model; raise "
-                             "gpu_memory_utilization or use a smaller model / dtype.")
-        return num_blocks
 
     # -- requests ---------------------------------------------------------------------
 
@@ -133,47 +134,87 @@ class LLMEngine:
         return Sequence(next(self._seq_ids), token_ids, params)
 
     def add_sequence(self, seq: Sequence) -> None:
+        self.requests[seq.seq_id] = seq
         self.scheduler.add(seq)
 
+    def abort(self, seq_id: int) -> None:
+        """End request ``seq_id`` now (``finish_reason="abort"``) and free its pages.
+        A step already launched with it still runs; its token is dropped."""
+        seq = self.requests.pop(seq_id, None)
+        if seq is not None:
+            self.scheduler.finish(seq, "abort")
+            self._finished_ids.append(seq_id)
+
     def has_unfinished(self) -> bool:
-        return self.scheduler.has_unfinished()
+        return self.scheduler.has_unfinished() or self._in_flight is not None
+
+    # -- the loop ---------------------------------------------------------------------
 
     def step(self) -> list[Sequence]:
-        """Plan and run one step; returns the sequences that finished in it."""
-        out = self.scheduler.schedule()
+        """One iteration of the engine loop; returns the sequences that finished in it.
+
+        If anything raises in the middle (a failing kernel, Ctrl-C), the requests of
+        the steps being planned or in flight are aborted, so the engine stays
+        consistent and the other requests go on at the next call.
+        """
+        steps: list[SchedulerOutput] = [self._in_flight.out] if self._in_flight is not None else []
+        try:
+            out = self.scheduler.schedule()
+            steps.append(out)
+            if self.overlap_scheduling:
+                return self._step_overlapped(out)
+            return self._step_plain(out)
+        except BaseException as err:
+            aborted = self._abort_steps(steps)
+            if aborted and hasattr(err, "add_note"):
+                err.add_note(f"tutorial_engine aborted the requests of the failed step: {aborted}")
+            raise
+
+    def _step_plain(self, out: SchedulerOutput) -> list[Sequence]:
+        """Plan, run, wait, update: chapters 2-6."""
         if out.is_empty:
             raise RuntimeError("the scheduler found nothing to run although requests are pending")
-        finished = self.scheduler.update(out, self.model_runner.execute(out))
+        result = self._launch(out)
+        return self._complete(InFlightStep(out, result))
+
+    def _step_overlapped(self, out: SchedulerOutput) -> list[Sequence]:
+        """Launch the step just planned, then process the one the GPU ran before it:
+        the CPU work of step N+1 (planning, building inputs) happened while the GPU
+        ran step N, and processing N's tokens happens while it runs N+1."""
+        launched = InFlightStep(out, self._launch(out)) if not out.is_empty else None
+        if launched is None and self._in_flight is None:
+            raise RuntimeError("the scheduler found nothing to run although requests are pending")
+        previous, self._in_flight = self._in_flight, launched
+        return self._complete(previous) if previous is not None else []
+
+    def _launch(self, out: SchedulerOutput) -> StepResult:
+        self.metrics.record_step(out.stats)
+        finished, self._finished_ids = self._finished_ids, []
+        return self.executor.execute(build_step_plan(out, self.config.kvcache_block_size, finished))
+
+    def _complete(self, step: InFlightStep) -> list[Sequence]:
+        """Wait for a step's tokens and hand them to the scheduler."""
+        finished = self.scheduler.update(step.out, step.result.token_ids())
         for seq in finished:
-            self.model_runner.sampler.forget(seq.seq_id)
+            del self.requests[seq.seq_id]
+            self._finished_ids.append(seq.seq_id)
         return finished
+
+    def _abort_steps(self, steps: list[SchedulerOutput]) -> list[int]:
+        """Abort every request in ``steps`` and forget the step in flight."""
+        self._in_flight = None
+        aborted = sorted({item.seq.seq_id for out in steps for item in out.scheduled
+                          if item.seq.seq_id in self.requests})
+        for seq_id in aborted:
+            self.abort(seq_id)
+        return aborted
+
+    def shutdown(self) -> None:
+        """Abort what is left and give the device memory back."""
+        for seq_id in list(self.requests):
+            self.abort(seq_id)
+        self._in_flight = None
+        self.executor.shutdown()
 
     def decode(self, token_ids: list[int]) -> str:
         return self.tokenizer.decode(token_ids, skip_special_tokens=True) if self.tokenizer else ""
-
-
-def build_model(spec: DecoderSpec, config: EngineConfig, device: torch.device, dtype: torch.dtype) -> CausalLM:
-    """Create the model directly on ``device`` in ``dtype`` and fill its weights,
-    from the checkpoint or (``load_format="dummy"``) with seeded random values."""
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        with torch.device(device):
-            model = CausalLM(spec)
-    finally:
-        torch.set_default_dtype(previous)
-    if config.load_format == "dummy":
-        init_dummy_weights(model, config.seed)
-    else:
-        load_weights(model, config.model)
-    return model.eval()
-
-
-def init_dummy_weights(model: CausalLM, seed: int) -> None:
-    """Random weights (normal, std 0.02; norms at 1) for speed tests without a checkpoint."""
-    generator = torch.Generator(device="cpu").manual_seed(seed)
-    for name, param in model.named_parameters():
-        if name.endswith("norm.weight"):
-            param.data.fill_(1.0)
-        else:
-            param.data.copy_(torch.randn(param.shape, generator=generator) * 0.02)

@@ -19,6 +19,7 @@ import torch
 from .sampling_params import SamplingParams
 from .scheduler import ScheduledSequence, SchedulerOutput
 from .sequence import Sequence
+from .step_plan import StepPlan, build_step_plan
 
 if TYPE_CHECKING:
     from .model_runner import ModelRunner
@@ -55,7 +56,7 @@ class MemoryProfile:
         return {name: round(value / GiB, 3) for name, value in asdict(self).items()}
 
 
-def _fake_step(runner: ModelRunner, lengths: list[int], first_block: int) -> SchedulerOutput:
+def _fake_step(runner: ModelRunner, lengths: list[int], first_block: int) -> StepPlan:
     """A scheduled prefill of sequences with the given prompt lengths, whole
     prompts in one step, pages numbered from ``first_block``."""
     params = SamplingParams(temperature=1.0, top_p=0.9, max_tokens=1)  # top-p: the sampler's sort path
@@ -66,10 +67,10 @@ def _fake_step(runner: ModelRunner, lengths: list[int], first_block: int) -> Sch
         seq.block_table = list(range(block, block + num_blocks))
         block += num_blocks
         out.scheduled.append(ScheduledSequence(seq, length))
-    return out
+    return build_step_plan(out, runner.block_size)
 
 
-def _peak_extra_bytes(runner: ModelRunner, step: SchedulerOutput) -> int:
+def _peak_extra_bytes(runner: ModelRunner, step: StepPlan) -> int:
     torch.cuda.synchronize(runner.device)
     torch.cuda.reset_peak_memory_stats(runner.device)
     base = torch.cuda.memory_allocated(runner.device)

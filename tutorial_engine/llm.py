@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence as SequenceABC
 
 from tqdm.auto import tqdm
@@ -31,6 +32,7 @@ class LLM:
             raise ValueError(f"unknown LLM options {sorted(unknown)}; see tutorial_engine.EngineConfig for the list.")
         self.engine = LLMEngine(EngineConfig(model=str(model), **config))
         self.tokenizer = self.engine.tokenizer
+        self._busy = threading.Lock()
 
     def generate(
         self,
@@ -57,12 +59,28 @@ class LLM:
         if len(params) != len(prompts):
             raise ValueError(f"got {len(params)} sampling_params for {len(prompts)} prompts; pass one, or one per prompt.")
         seqs = [self.engine.make_sequence(p, sp) for p, sp in zip(prompts, params)]
+        if not self._busy.acquire(blocking=False):
+            raise RuntimeError("this LLM is already generating in another thread; an engine runs one loop at "
+                               "a time: wait for that call, or give each thread its own LLM.")
+        try:
+            self._run(seqs, use_tqdm)
+        finally:
+            self._busy.release()
+        return [self._output(seq) for seq in seqs]
+
+    def _run(self, seqs: list[Sequence], use_tqdm: bool) -> None:
+        """Run the engine until ``seqs`` finish. On any exception (Ctrl-C included) the
+        call's unfinished requests are aborted, so the next call starts clean."""
         for seq in seqs:
             self.engine.add_sequence(seq)
-        with tqdm(total=len(seqs), desc="Generating", disable=not use_tqdm, dynamic_ncols=True) as bar:
-            while self.engine.has_unfinished():
-                bar.update(len(self.engine.step()))
-        return [self._output(seq) for seq in seqs]
+        try:
+            with tqdm(total=len(seqs), desc="Generating", disable=not use_tqdm, dynamic_ncols=True) as bar:
+                while self.engine.has_unfinished():
+                    bar.update(len(self.engine.step()))
+        except BaseException:
+            for seq in seqs:
+                self.engine.abort(seq.seq_id)
+            raise
 
     def _output(self, seq: Sequence) -> dict:
         times = [seq.arrival_time, *seq.token_times]
@@ -76,6 +94,16 @@ class LLM:
             "itl": [b - a for a, b in zip(times[1:], times[2:])],
             "tpot": (times[-1] - times[1]) / (len(times) - 2) if len(times) > 2 else None,
         }
+
+    def shutdown(self) -> None:
+        """Free the model, KV cache and CUDA graphs now (also on leaving a ``with`` block)."""
+        self.engine.shutdown()
+
+    def __enter__(self) -> LLM:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.shutdown()
 
     def get_metrics(self) -> dict:
         """Cumulative counters: steps, prefill/decode tokens, preemptions, prefix-cache

@@ -5,21 +5,34 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING
 
 import numpy as np
 
-if TYPE_CHECKING:
-    from .scheduler import SchedulerOutput
+
+@dataclass
+class StepStats:
+    """What one planned step did, filled in by the scheduler as it plans.
+
+    A *decode* token is the single new token of a sequence that already produced
+    output; every other scheduled token (prompt, chunk, recompute after preemption)
+    counts as *prefill*. ``has_partial_prefill``: some sequence got a prompt chunk
+    that does not reach its end (a chunked-prefill step).
+    """
+
+    num_prefill_tokens: int = 0
+    num_decode_tokens: int = 0
+    num_preemptions: int = 0
+    has_partial_prefill: bool = False
+    prefix_queried_tokens: int = 0
+    prefix_hit_tokens: int = 0
 
 
 @dataclass
 class Metrics:
-    """Cumulative counts since the engine started.
+    """Cumulative counts since the engine started, summed from :class:`StepStats`.
 
-    A *decode* token is the single new token of a sequence that already produced
-    output; every other scheduled token (prompt, chunk, recompute after preemption)
-    counts as *prefill*.
+    With overlap scheduling a request that stops on an EOS or stop token runs one
+    extra decode step whose token is dropped; it is counted here.
     """
 
     num_steps: int = 0
@@ -31,28 +44,20 @@ class Metrics:
     prefix_cache_hit_tokens: int = 0
     batched_tokens_per_step: list[int] = field(default_factory=list)
 
-    def record_step(self, out: SchedulerOutput) -> None:
-        self.num_preemptions += len(out.preempted)
-        if out.is_empty:
+    def record_step(self, stats: StepStats) -> None:
+        """Add a step's counts. A step that ran nothing (only preemptions) adds its
+        preemptions but is not counted as a step."""
+        self.num_preemptions += stats.num_preemptions
+        num_batched = stats.num_prefill_tokens + stats.num_decode_tokens
+        self.prefix_cache_queried_tokens += stats.prefix_queried_tokens
+        self.prefix_cache_hit_tokens += stats.prefix_hit_tokens
+        if num_batched == 0:
             return
         self.num_steps += 1
-        self.batched_tokens_per_step.append(out.num_batched_tokens)
-        partial = False
-        for item in out.scheduled:
-            seq = item.seq
-            is_decode = item.num_new_tokens == 1 and seq.num_output_tokens > 0 and seq.num_uncomputed_tokens == 1
-            if is_decode:
-                self.num_decode_tokens += 1
-            else:
-                self.num_prefill_tokens += item.num_new_tokens
-            partial |= not item.samples
-        self.num_chunked_prefill_steps += partial
-
-    def record_prefix_lookup(self, num_queried_tokens: int, num_hit_tokens: int) -> None:
-        """An admission looked ``num_queried_tokens`` (all of the sequence's tokens) up in
-        the prefix cache and was served ``num_hit_tokens`` of them."""
-        self.prefix_cache_queried_tokens += num_queried_tokens
-        self.prefix_cache_hit_tokens += num_hit_tokens
+        self.batched_tokens_per_step.append(num_batched)
+        self.num_prefill_tokens += stats.num_prefill_tokens
+        self.num_decode_tokens += stats.num_decode_tokens
+        self.num_chunked_prefill_steps += stats.has_partial_prefill
 
     def as_dict(self) -> dict:
         return asdict(self)

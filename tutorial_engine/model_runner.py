@@ -1,12 +1,18 @@
-"""Runs one scheduled step on the device: builds the flat batch, runs the model
-(eagerly, or by replaying a captured CUDA graph for decode steps), samples.
-Planning (the scheduler) stays on the CPU side, so a later chapter can overlap the
-next step's planning with this step's forward pass."""
+"""Runs step plans on one device: the model, its KV cache pages, the decode CUDA
+graphs and the sampler live here, and nowhere else.
+
+Set-up happens in the constructor, in the order that memory requires: build the model
+with its weights, size the KV cache (profile a worst-case step on a GPU, see
+``gpu_memory.py``), allocate it, capture the decode graphs. Then :meth:`execute` runs
+one :class:`~tutorial_engine.step_plan.StepPlan` per engine step and returns without
+waiting for the device: the sampled tokens stay on the GPU (the next step can read its
+inputs from them) and a copy to pinned host memory is on its way (:class:`StepResult`).
+"""
 
 from __future__ import annotations
 
-import itertools
 import logging
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -15,9 +21,11 @@ import torch
 from .attention import AttentionMetadata, get_attention_backend
 from .config import EngineConfig
 from .cuda_graph import CUDAGraphDecoder, graphs_unavailable_reason
+from .gpu_memory import MemoryProfile, profile_memory
+from .loader import load_weights
 from .models import CausalLM, DecoderSpec
 from .sampler import Sampler
-from .scheduler import SchedulerOutput
+from .step_plan import StepPlan
 
 logger = logging.getLogger(__name__)
 
@@ -33,35 +41,98 @@ class StepInputs:
     logits_indices: torch.Tensor
 
 
-class ModelRunner:
-    """Owns the model, its KV cache pages, the decode CUDA graphs and the sampler on one device.
+@dataclass
+class StepResult:
+    """The tokens one step sampled, on their way to the CPU.
 
-    Life cycle: construct, then :meth:`allocate_kv_cache` (its size may come from
-    profiling steps on a temporary cache first, see ``gpu_memory.py``), then
-    :meth:`capture_cuda_graphs`, then :meth:`execute` once per engine step.
-
-    Args:
-        config: engine configuration.
-        model: a loaded :class:`CausalLM` on ``device``.
-        max_model_len: longest sequence (prompt + output) in tokens; sizes the
-            block-table width of the captured graphs.
+    Attributes:
+        sampled: int64 ``[S]`` on the device, one token per sampling row of the plan.
+        host: int64 ``[S]`` in pinned host memory, filled by an asynchronous copy.
+        copied: CUDA event recorded after that copy (None on a CPU, where it is done).
     """
 
-    def __init__(self, config: EngineConfig, model: CausalLM, device: torch.device, max_model_len: int) -> None:
+    sampled: torch.Tensor
+    host: torch.Tensor
+    copied: torch.cuda.Event | None
+
+    @classmethod
+    def start_copy(cls, sampled: torch.Tensor) -> StepResult:
+        if sampled.device.type == "cpu":
+            return cls(sampled, sampled, None)
+        host = torch.empty(sampled.shape, dtype=sampled.dtype, pin_memory=True)
+        host.copy_(sampled, non_blocking=True)
+        copied = torch.cuda.Event()
+        copied.record()
+        return cls(sampled, host, copied)
+
+    def token_ids(self) -> list[int]:
+        """Wait for the copy (only this step's, not later queued work) and return the tokens."""
+        if self.copied is not None:
+            self.copied.synchronize()
+        return self.host.tolist()
+
+
+class ModelRunner:
+    """Owns the model, its KV cache, the decode CUDA graphs and the sampler on one device.
+
+    Args:
+        config: engine configuration (``num_kvcache_blocks`` or the memory budget,
+            ``attention_backend``, ``enforce_eager``, ``load_format``, ``seed``).
+        spec: the decoder's shape.
+        device, dtype: where and in which precision the model runs.
+        max_model_len: longest sequence (prompt + output) in tokens; sizes the
+            memory profile and the block-table width of the captured graphs.
+
+    Raises:
+        ValueError: when no memory is left for the KV cache.
+    """
+
+    def __init__(self, config: EngineConfig, spec: DecoderSpec, device: torch.device, dtype: torch.dtype,
+                 max_model_len: int) -> None:
         self.config = config
-        self.model = model
-        self.spec: DecoderSpec = model.spec
+        self.spec = spec
         self.device = device
         self.block_size = config.kvcache_block_size
         self.max_model_len = max_model_len
+        self.model = build_model(spec, config, device, dtype)
         self.backend = get_attention_backend(config.attention_backend, device)
+        for layer in self.model.attention_layers():
+            layer.backend = self.backend
         self.sampler = Sampler(device, config.seed)
         self.kv_cache: torch.Tensor | None = None
         self.graphs: CUDAGraphDecoder | None = None
-        for layer in model.attention_layers():
-            layer.backend = self.backend
+        self.memory_profile: MemoryProfile | None = None
+        self.previous_sampled = torch.zeros(0, dtype=torch.int64, device=device)
+        self.allocate_kv_cache(config.num_kvcache_blocks or self._auto_num_blocks())
+        self.capture_cuda_graphs()
 
     # -- memory -----------------------------------------------------------------------
+
+    @property
+    def num_kv_blocks(self) -> int:
+        return self.kv_cache.shape[2] if self.kv_cache is not None else 0
+
+    def _auto_num_blocks(self) -> int:
+        """KV pages from the memory budget: on a CPU ``cpu_kvcache_space_gib`` (but no
+        more than every sequence at full length needs); on a GPU what
+        ``gpu_memory_utilization`` of the card leaves after the weights and a profiled
+        worst-case step (see ``gpu_memory.py``)."""
+        config = self.config
+        per_block = kv_cache_bytes_per_block(self.spec, self.block_size, next(self.model.parameters()).dtype,
+                                             self.model.attention_layers()[0].num_kv_heads)
+        if self.device.type == "cuda":
+            with_graphs = graphs_unavailable_reason(config, self.device, self.backend) is None
+            self.memory_profile = profile_memory(self, self.max_model_len, per_block, with_graphs)
+            logger.info("GPU memory (GiB): %s", self.memory_profile.as_gib())
+            budget = self.memory_profile.kv_cache
+        else:
+            budget = config.cpu_kvcache_space_gib * 2**30
+        full = config.max_num_seqs * math.ceil(self.max_model_len / self.block_size)
+        num_blocks = min(int(budget // per_block), full)
+        if num_blocks < 1:
+            raise ValueError("no memory is left for the KV cache after loading the model; raise "
+                             "gpu_memory_utilization or use a smaller model / dtype.")
+        return num_blocks
 
     def allocate_kv_cache(self, num_blocks: int) -> None:
         """Allocate ``num_blocks`` pages per layer and point every attention layer at them."""
@@ -88,53 +159,39 @@ class ModelRunner:
         self.graphs = CUDAGraphDecoder(self.model, self.config.max_num_seqs, max_blocks, self.max_model_len, self.device)
         logger.info("captured decode CUDA graphs for batch sizes %s", self.graphs.batch_sizes)
 
+    def shutdown(self) -> None:
+        """Give the device memory back: graphs, KV cache, weights."""
+        self.free_kv_cache()
+        self.model = None
+        self.previous_sampled = None
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
     # -- one step ---------------------------------------------------------------------
 
-    def prepare(self, out: SchedulerOutput) -> StepInputs:
-        """Flatten the scheduled sequences into one varlen batch (see AttentionMetadata).
-
-        Per-sequence Python work is kept to reading a few attributes; positions and
-        slots are computed for all tokens at once with numpy, so a 256-sequence
-        decode step costs well under a millisecond of CPU time.
-        """
-        scheduled = out.scheduled
-        n = len(scheduled)
-        starts = np.fromiter((s.seq.num_computed_tokens for s in scheduled), np.int64, n)
-        query_lens = np.fromiter((s.num_new_tokens for s in scheduled), np.int64, n)
-        query_start_loc = np.zeros(n + 1, np.int64)
-        np.cumsum(query_lens, out=query_start_loc[1:])
-        seq_lens = starts + query_lens
-        num_tokens = int(query_start_loc[-1])
-
-        input_ids: list[int] = []
-        for item, start, end in zip(scheduled, starts.tolist(), seq_lens.tolist()):
-            input_ids += item.seq.token_ids[start:end]
-        # Position of token t of sequence i: start_i + (t - query_start_i).
-        seq_index = np.repeat(np.arange(n), query_lens)
-        positions = np.arange(num_tokens) + np.repeat(starts - query_start_loc[:-1], query_lens)
-
-        tables = [s.seq.block_table for s in scheduled]
-        table_lens = np.fromiter(map(len, tables), np.int64, n)
-        block_tables = np.zeros((n, int(table_lens.max())), np.int32)
-        block_tables[np.arange(block_tables.shape[1]) < table_lens[:, None]] = np.fromiter(
-            itertools.chain.from_iterable(tables), np.int32, int(table_lens.sum()))
-        bs = self.block_size
-        slots = block_tables[seq_index, positions // bs].astype(np.int64) * bs + positions % bs
-        samples = np.fromiter((s.samples for s in scheduled), bool, n)
-        logits_indices = query_start_loc[1:][samples] - 1
-
+    def prepare(self, plan: StepPlan) -> StepInputs:
+        """Copy the plan's arrays to the device (asynchronously from pinned memory) and
+        fill its placeholder inputs from the previous step's sampled tokens, on the
+        device, so the CPU never waits for them."""
+        input_ids = self._to_device(plan.input_ids)
+        if len(plan.placeholder_index):
+            rows = self._to_device(plan.placeholder_rows)
+            if len(plan.placeholder_index) == plan.num_tokens:  # a decode step of overlapped requests
+                input_ids = self.previous_sampled[rows]
+            else:
+                input_ids[self._to_device(plan.placeholder_index)] = self.previous_sampled[rows]
+        query_lens = np.diff(plan.query_start_loc)
         meta = AttentionMetadata(
-            slot_mapping=self._to_device(slots),
-            query_start_loc=self._to_device(query_start_loc.astype(np.int32)),
-            seq_lens=self._to_device(seq_lens.astype(np.int32)),
-            block_tables=self._to_device(block_tables),
+            slot_mapping=self._to_device(plan.slot_mapping),
+            query_start_loc=self._to_device(plan.query_start_loc),
+            seq_lens=self._to_device(plan.seq_lens),
+            block_tables=self._to_device(plan.block_tables),
             max_query_len=int(query_lens.max()),
-            max_seq_len=int(seq_lens.max()),
-            query_start_loc_cpu=query_start_loc.tolist(),
-            seq_lens_cpu=seq_lens.tolist(),
+            max_seq_len=int(plan.seq_lens.max()),
+            query_start_loc_cpu=plan.query_start_loc.tolist(),
+            seq_lens_cpu=plan.seq_lens.tolist(),
         )
-        return StepInputs(self._to_device(np.asarray(input_ids, np.int64)), self._to_device(positions), meta,
-                          self._to_device(logits_indices))
+        return StepInputs(input_ids, self._to_device(plan.positions), meta, self._to_device(plan.logits_indices))
 
     def _to_device(self, array: np.ndarray) -> torch.Tensor:
         tensor = torch.from_numpy(array)
@@ -153,17 +210,48 @@ class ModelRunner:
         return self.model(inputs.input_ids, inputs.positions, inputs.meta)
 
     @torch.inference_mode()
-    def execute(self, out: SchedulerOutput) -> list[int]:
-        """Run one step; returns one sampled token per sequence that samples."""
-        inputs = self.prepare(out)
+    def execute(self, plan: StepPlan) -> StepResult:
+        """Launch one step; returns at once with its sampled tokens on the way."""
+        for seq_id in plan.finished_seq_ids:
+            self.sampler.forget(seq_id)
+        inputs = self.prepare(plan)
         hidden = self.run_model(inputs)
         if inputs.logits_indices.numel() == 0:
-            return []
-        if inputs.logits_indices.numel() != hidden.shape[0]:  # decode steps sample every row
-            hidden = hidden[inputs.logits_indices]
-        logits = self.model.compute_logits(hidden)
-        sampling = [s for s in out.scheduled if s.samples]
-        return self.sampler(logits, [s.seq.seq_id for s in sampling], [s.seq.sampling_params for s in sampling])
+            sampled = torch.zeros(0, dtype=torch.int64, device=self.device)
+        else:
+            if inputs.logits_indices.numel() != hidden.shape[0]:  # decode steps sample every row
+                hidden = hidden[inputs.logits_indices]
+            logits = self.model.compute_logits(hidden)
+            sampled = self.sampler(logits, plan.sample_seq_ids, plan.sampling_params)
+        self.previous_sampled = sampled
+        return StepResult.start_copy(sampled)
+
+
+def build_model(spec: DecoderSpec, config: EngineConfig, device: torch.device, dtype: torch.dtype) -> CausalLM:
+    """Create the model directly on ``device`` in ``dtype`` and fill its weights,
+    from the checkpoint or (``load_format="dummy"``) with seeded random values."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device(device):
+            model = CausalLM(spec)
+    finally:
+        torch.set_default_dtype(previous)
+    if config.load_format == "dummy":
+        init_dummy_weights(model, config.seed)
+    else:
+        load_weights(model, config.model)
+    return model.eval()
+
+
+def init_dummy_weights(model: CausalLM, seed: int) -> None:
+    """Random weights (normal, std 0.02; norms at 1) for speed tests without a checkpoint."""
+    generator = torch.Generator(device="cpu").manual_seed(seed)
+    for name, param in model.named_parameters():
+        if name.endswith("norm.weight"):
+            param.data.fill_(1.0)
+        else:
+            param.data.copy_(torch.randn(param.shape, generator=generator) * 0.02)
 
 
 def kv_cache_bytes_per_block(spec: DecoderSpec, block_size: int, dtype: torch.dtype, num_kv_heads: int) -> int:

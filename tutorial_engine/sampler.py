@@ -30,13 +30,13 @@ class Sampler:
             self.request_generators[seq_id] = torch.Generator(device=self.device).manual_seed(seed)
         return self.request_generators[seq_id]
 
-    def __call__(self, logits: torch.Tensor, seq_ids: list[int], params: list[SamplingParams]) -> list[int]:
-        """Args: ``logits`` float ``[n, vocab]``; one id and SamplingParams per row.
-        Returns: n token ids (Python ints)."""
+    def __call__(self, logits: torch.Tensor, seq_ids: list[int], params: list[SamplingParams]) -> torch.Tensor:
+        """Args: ``logits`` float ``[n, vocab]``; one request id and SamplingParams per row.
+        Returns: int64 ``[n]`` token ids, on the logits' device (no sync with the host)."""
         greedy = logits.argmax(dim=-1)
         random_rows = [i for i, p in enumerate(params) if not p.greedy]
         if not random_rows:
-            return greedy.tolist()
+            return greedy
         rows = torch.tensor(random_rows, device=logits.device)
         sub = logits[rows].float()
         temperature = torch.tensor([params[i].temperature for i in random_rows], device=logits.device)
@@ -50,7 +50,7 @@ class Sampler:
             if params[i].seed is not None:
                 noise[r].exponential_(generator=self._request_generator(seq_ids[i], params[i].seed))
         greedy[rows] = (probs / noise).argmax(dim=-1)
-        return greedy.tolist()
+        return greedy
 
 
 def apply_top_k_top_p(probs: torch.Tensor, top_k: list[int], top_p: list[float]) -> torch.Tensor:

@@ -15,6 +15,12 @@ the prefix cache (if one is on) and is scheduled only for the rest of its tokens
 When the KV cache runs out of pages the most recently admitted sequence is
 preempted by *recompute* (vLLM, Kwon et al., SOSP 2023, section 4.5): its pages are
 freed and it returns to the front of the queue, keeping its generated tokens.
+
+A planned step counts its tokens as computed at once (vLLM v1 does the same), and
+:meth:`Scheduler.update` appends the sampled tokens when the step's result arrives.
+In the plain loop the result arrives before the next plan; with overlap scheduling
+(chapter 7) the next step is planned first, so a sequence may have one token in
+flight (``Sequence.num_pending_tokens``) while it is scheduled again.
 """
 
 from __future__ import annotations
@@ -24,32 +30,49 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from .block_manager import KVCacheManager
-from .config import EngineConfig
-from .metrics import Metrics
+from .metrics import StepStats
 from .sequence import Sequence, SequenceStatus
+
+
+@dataclass(frozen=True)
+class SchedulerConfig:
+    """The limits a scheduler plans under (the engine's options of the same names)."""
+
+    max_num_seqs: int
+    max_num_batched_tokens: int
+    max_model_len: int
+    enable_chunked_prefill: bool = True
 
 
 @dataclass
 class ScheduledSequence:
     """``num_new_tokens`` of ``seq``'s uncomputed tokens run this step.
 
-    ``samples`` is fixed when the step is planned: True when the step reaches the
-    sequence's last token, so its logits give the next token. A partial prefill
-    chunk samples nothing.
+    Fixed when the step is planned: ``start``, the position of the first new token
+    (the tokens computed before the step); ``samples``, True when the step reaches the
+    sequence's last token, so its logits give the next token (a partial prefill chunk
+    samples nothing); ``input_row``, for a sequence whose last token is still in
+    flight, the row of the previous step's sampled tokens that holds it (else -1).
     """
 
     seq: Sequence
     num_new_tokens: int
+    start: int = field(init=False)
     samples: bool = field(init=False)
+    input_row: int = field(init=False)
 
     def __post_init__(self) -> None:
-        self.samples = self.seq.num_computed_tokens + self.num_new_tokens == self.seq.num_tokens
+        seq = self.seq
+        self.start = seq.num_computed_tokens
+        self.samples = self.start + self.num_new_tokens == seq.num_tokens + seq.num_pending_tokens
+        self.input_row = seq.pending_sample_row if seq.num_pending_tokens else -1
 
 
 @dataclass
 class SchedulerOutput:
     scheduled: list[ScheduledSequence] = field(default_factory=list)
     preempted: list[Sequence] = field(default_factory=list)
+    stats: StepStats = field(default_factory=StepStats)
 
     @property
     def num_batched_tokens(self) -> int:
@@ -64,21 +87,18 @@ class Scheduler:
     """Owns the waiting queue and the running batch.
 
     Args:
-        config: engine limits (``max_num_seqs``, ``max_num_batched_tokens``, ...).
+        config: the limits (``max_num_seqs``, ``max_num_batched_tokens``, ...).
         kv_cache: the page allocator the scheduler reserves slots from.
         eos_token_ids: tokens that finish a request unless ``ignore_eos``.
-        metrics: counters updated as steps are planned and finished.
     """
 
-    def __init__(self, config: EngineConfig, max_model_len: int, kv_cache: KVCacheManager,
-                 eos_token_ids: set[int], metrics: Metrics) -> None:
+    def __init__(self, config: SchedulerConfig, kv_cache: KVCacheManager, eos_token_ids: set[int]) -> None:
         self.max_num_seqs = config.max_num_seqs
         self.token_budget = config.max_num_batched_tokens
         self.chunked_prefill = config.enable_chunked_prefill
-        self.max_model_len = max_model_len
+        self.max_model_len = config.max_model_len
         self.kv_cache = kv_cache
         self.eos_token_ids = eos_token_ids
-        self.metrics = metrics
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []
 
@@ -99,7 +119,7 @@ class Scheduler:
                 self._schedule_waiting(out, budget)
         elif not self._schedule_waiting(out, self.token_budget):
             self._schedule_running(out, self.token_budget)
-        self.metrics.record_step(out)
+        self._launch(out)
         return out
 
     def _schedule_running(self, out: SchedulerOutput, budget: int) -> int:
@@ -109,7 +129,7 @@ class Scheduler:
         for seq in ordered:
             if budget == 0:
                 break
-            if seq.status is not SequenceStatus.RUNNING:  # preempted earlier in this loop
+            if seq.status is not SequenceStatus.RUNNING or self._ends_with_pending_token(seq):
                 continue
             num_new = min(seq.num_uncomputed_tokens, budget)
             while not self.kv_cache.allocate_slots(seq, num_new):
@@ -124,21 +144,30 @@ class Scheduler:
                 budget -= num_new
         return budget
 
+    def _ends_with_pending_token(self, seq: Sequence) -> bool:
+        """True when the token still in flight will end ``seq`` by length, so planning
+        another step for it would be wasted (only with overlap scheduling)."""
+        num_tokens = seq.num_tokens + seq.num_pending_tokens
+        return seq.num_pending_tokens > 0 and (
+            num_tokens - seq.num_prompt_tokens >= seq.sampling_params.max_tokens or num_tokens >= self.max_model_len)
+
     def _schedule_waiting(self, out: SchedulerOutput, budget: int) -> bool:
         """Admit queued requests first-come first-served while budget, batch slots
         and pages last. Returns True if any was admitted."""
         admitted = False
         while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs:
             seq = self.waiting[0]
+            if seq.num_pending_tokens:  # preempted with a token in flight: admit it once it arrived
+                break
             num_hit = self.kv_cache.match_prefix(seq)  # cached prefix pages: nothing to compute
             num_new = min(seq.num_uncomputed_tokens, budget)
             too_long = num_new < seq.num_uncomputed_tokens and not self.chunked_prefill
             if too_long or not self.kv_cache.allocate_slots(seq, num_new):
                 self.kv_cache.free(seq)  # hand the matched pages back; retry next step
-                seq.num_computed_tokens = 0
                 break
             if self.kv_cache.prefix_cache is not None:
-                self.metrics.record_prefix_lookup(seq.num_tokens, num_hit)
+                out.stats.prefix_queried_tokens += seq.num_tokens
+                out.stats.prefix_hit_tokens += num_hit
             if seq.num_preemptions == 0:
                 seq.num_cached_tokens = num_hit
             self.waiting.popleft()
@@ -151,38 +180,60 @@ class Scheduler:
 
     def _preempt(self, seq: Sequence, out: SchedulerOutput) -> None:
         self.kv_cache.free(seq)
-        seq.num_computed_tokens = 0
         seq.num_preemptions += 1
         seq.status = SequenceStatus.WAITING
         self.running.remove(seq)
         self.waiting.appendleft(seq)
         out.preempted.append(seq)
 
+    def _launch(self, out: SchedulerOutput) -> None:
+        """The plan is final: count its tokens as computed, note which row of the
+        step's sampled tokens each sampling sequence will find its token in, and
+        fill the step's statistics."""
+        stats = out.stats
+        stats.num_preemptions = len(out.preempted)
+        row = 0
+        for item in out.scheduled:
+            seq = item.seq
+            if item.num_new_tokens == 1 and item.samples and item.start >= seq.num_prompt_tokens:
+                stats.num_decode_tokens += 1
+            else:
+                stats.num_prefill_tokens += item.num_new_tokens
+            stats.has_partial_prefill |= not item.samples
+            self.kv_cache.advance(seq, item.num_new_tokens)
+            if item.samples:
+                seq.num_pending_tokens += 1
+                seq.pending_sample_row = row
+                row += 1
+
     # -- results ----------------------------------------------------------------------
 
     def update(self, out: SchedulerOutput, sampled_token_ids: list[int]) -> list[Sequence]:
-        """Advance each scheduled sequence; append sampled tokens (one per sampling
-        sequence, in scheduled order); finish and free those that stop.
-        Returns the sequences that finished this step."""
+        """The step ``out`` ran: append its sampled tokens (one per sampling sequence,
+        in scheduled order), let the prefix cache publish full pages, and finish (and
+        free) the sequences that stop. A sequence that already finished while this
+        step was in flight (overlap scheduling) drops its token.
+        Returns the sequences that finished."""
         now = time.perf_counter()
         tokens = iter(sampled_token_ids)
         finished = []
         for item in out.scheduled:
             seq = item.seq
-            seq.num_computed_tokens += item.num_new_tokens
-            self.kv_cache.cache_blocks(seq, item.num_new_tokens)
-            if not item.samples:
+            token = next(tokens) if item.samples else None
+            if seq.is_finished:
                 continue
-            token = next(tokens)
+            if seq.status is SequenceStatus.RUNNING:
+                self.kv_cache.cache_blocks(seq, item.num_new_tokens)
+            if token is None:
+                continue
+            seq.num_pending_tokens -= 1
             seq.token_ids.append(token)
             seq.token_times.append(now)
             if seq.first_token_time is None:
                 seq.first_token_time = now
-            seq.finish_reason = self._finish_reason(seq, token)
-            if seq.finish_reason is not None:
-                seq.status = SequenceStatus.FINISHED
-                self.kv_cache.free(seq)
-                self.running.remove(seq)
+            reason = self._finish_reason(seq, token)
+            if reason is not None:
+                self.finish(seq, reason)
                 finished.append(seq)
         return finished
 
@@ -193,3 +244,16 @@ class Scheduler:
         if seq.num_output_tokens >= params.max_tokens or seq.num_tokens >= self.max_model_len:
             return "length"
         return None
+
+    def finish(self, seq: Sequence, reason: str) -> None:
+        """End ``seq`` (``reason``: "stop", "length" or "abort") and free its pages, once.
+        A step still in flight may write its pages: later steps run after it."""
+        if seq.is_finished:
+            return
+        seq.finish_reason = reason
+        if seq.status is SequenceStatus.RUNNING:
+            self.kv_cache.free(seq)
+            self.running.remove(seq)
+        else:
+            self.waiting.remove(seq)
+        seq.status = SequenceStatus.FINISHED

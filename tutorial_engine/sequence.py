@@ -20,9 +20,16 @@ class Sequence:
     """A request's tokens and progress.
 
     ``token_ids`` is prompt + generated tokens. ``num_computed_tokens`` counts the
-    leading tokens whose K/V already sit in the paged cache; each step schedules some
-    of the rest (a whole prompt, a prefill chunk, or one decode token). Preemption by
-    recompute resets it to 0 and frees the pages; the tokens themselves are kept.
+    leading tokens whose K/V already sit in the paged cache, or will once the steps
+    launched so far have run; each step schedules some of the rest (a whole prompt, a
+    prefill chunk, or one decode token). Preemption by recompute resets it to 0 and
+    frees the pages; the tokens themselves are kept.
+
+    With overlap scheduling a step is planned before the previous step's token reaches
+    the CPU: ``num_pending_tokens`` counts tokens sampled by launched steps that have
+    not arrived yet, and ``pending_sample_row`` is the row of the latest such step's
+    sampled-token tensor that holds this sequence's token (the next step reads its
+    input from there, on the device). Both are 0 / -1 in the plain loop.
     """
 
     seq_id: int
@@ -34,6 +41,8 @@ class Sequence:
     block_table: list[int] = field(default_factory=list)
     num_cached_tokens: int = 0  # prompt tokens served by the prefix cache at first admission
     num_preemptions: int = 0
+    num_pending_tokens: int = 0
+    pending_sample_row: int = -1
     finish_reason: str | None = None
     arrival_time: float = field(default_factory=time.perf_counter)
     first_token_time: float | None = None
@@ -60,7 +69,7 @@ class Sequence:
 
     @property
     def num_uncomputed_tokens(self) -> int:
-        return self.num_tokens - self.num_computed_tokens
+        return self.num_tokens + self.num_pending_tokens - self.num_computed_tokens
 
     @property
     def is_finished(self) -> bool:

@@ -26,7 +26,7 @@ PROMPTS = ["Hello world", "The cache is cut into pages", "A", "Requests arrive a
 
 def count_replays(llm) -> list[int]:
     """Record the batch size of every decode step that went through a graph."""
-    graphs, seen = llm.engine.model_runner.graphs, []
+    graphs, seen = llm.engine.executor.runner.graphs, []
     original = graphs.run
 
     def run(input_ids, positions, meta):
@@ -46,11 +46,11 @@ def test_float32_tiny_qwen3_graphs_match_eager(tiny_checkpoints):
     max_tokens = [20, 5, 11, 30, 3]  # the batch shrinks as requests finish: 5, 4, 3, 2, 1 rows
     options = dict(dtype="float32", kvcache_block_size=16, max_num_seqs=8, gpu_memory_utilization=0.3)
     eager = LLM(tiny_checkpoints["qwen3"], enforce_eager=True, **options)
-    assert eager.engine.model_runner.graphs is None
+    assert eager.engine.executor.runner.graphs is None
     expected = greedy_ids(eager, PROMPTS, max_tokens)
     del eager
     graphed = LLM(tiny_checkpoints["qwen3"], **options)
-    assert graphed.engine.model_runner.graphs is not None
+    assert graphed.engine.executor.runner.graphs is not None
     replays = count_replays(graphed)
     assert greedy_ids(graphed, PROMPTS, max_tokens) == expected
     assert {5, 3, 1} <= set(replays)  # padded (5 -> 8, 3 -> 4) and exact sizes both replayed
@@ -70,7 +70,7 @@ def test_bf16_qwen3_0_6b_graphs_match_eager(tmp_path):
     results = {}
     for eager in (True, False):
         llm = LLM(str(folder), enforce_eager=eager, **options)
-        assert llm.engine.dtype == torch.bfloat16 and (llm.engine.model_runner.graphs is None) == eager
+        assert llm.engine.dtype == torch.bfloat16 and (llm.engine.executor.runner.graphs is None) == eager
         replays = [] if eager else count_replays(llm)
         results[eager] = greedy_ids(llm, prompts, max_tokens)
         del llm
@@ -86,7 +86,7 @@ def test_benchmark_path_matches_torch_backend_float32(tmp_path):
     options = dict(load_format="dummy", dtype="float32", max_model_len=1280, max_num_seqs=8,
                    max_num_batched_tokens=1024, gpu_memory_utilization=0.4)
     fast = LLM(str(folder), **options)
-    assert fast.engine.model_runner.backend.name != "torch" and fast.engine.model_runner.graphs is not None
+    assert fast.engine.executor.runner.backend.name != "torch" and fast.engine.executor.runner.graphs is not None
     replays = count_replays(fast)
     fast_ids = greedy_ids(fast, requests.prompts, [12] * 6)
     del fast
@@ -106,7 +106,7 @@ def test_kv_cache_sized_from_gpu_memory(tmp_path):
               max_num_seqs=256, gpu_memory_utilization=utilization)
     engine = llm.engine
     profile = engine.memory_profile
-    per_block = engine.model_runner.kv_cache[:, :, 0].numel() * engine.model_runner.kv_cache.element_size()
+    per_block = engine.executor.runner.kv_cache[:, :, 0].numel() * engine.executor.runner.kv_cache.element_size()
     assert profile.kv_cache > 0 and profile.prefill_activations > 0 and profile.graph_reserve > 0
     assert engine.num_kvcache_blocks == profile.kv_cache // per_block  # below 256 full-length sequences
     torch.cuda.reset_peak_memory_stats()

@@ -94,7 +94,7 @@ def decode_step_times(llm, batch_sizes: list[int], context: int, steps: int) -> 
     from .. import SamplingParams
 
     engine = llm.engine
-    runner = engine.model_runner
+    runner = engine.executor.runner
     graphs = runner.graphs
     timer = ForwardTimer(runner)
     rows = []
@@ -140,7 +140,7 @@ def kernel_profile(llm, batch: int, context: int, top: int = 12) -> dict:
 
     from .. import SamplingParams
 
-    engine, runner = llm.engine, llm.engine.model_runner
+    engine, runner = llm.engine, llm.engine.executor.runner
     params = SamplingParams(temperature=0.6, ignore_eos=True, max_tokens=8)
     seqs = [engine.make_sequence([(3 * i + j) % 10000 for j in range(context)], params) for i in range(batch)]
     for seq in seqs:
@@ -188,13 +188,13 @@ def main(argv: list[str] | None = None) -> int:
     model = args.model or str(architecture_folder(args.architecture))
     llm = LLM(model, load_format="auto" if args.model else "dummy", max_num_seqs=max(batch_sizes),
               max_model_len=args.context + 2 * args.steps + 64, attention_backend=args.attention_backend)
-    if llm.engine.model_runner.graphs is None:
+    if llm.engine.executor.runner.graphs is None:
         print("error: the engine captured no CUDA graphs (is the attention backend graph-safe?)", file=sys.stderr)
         return 2
     result = {
         "model": args.model or f"{args.architecture} (dummy weights)",
         "dtype": str(llm.engine.dtype).removeprefix("torch."),
-        "attention_backend": llm.engine.model_runner.backend.name,
+        "attention_backend": llm.engine.executor.runner.backend.name,
         "launch_overhead": launch_overhead(),
     }
     print(f"launch overhead: {result['launch_overhead']}", flush=True)

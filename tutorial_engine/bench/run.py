@@ -31,23 +31,33 @@ PEERS = ("hf_generate", "hf_generate_batch")
 
 class StepProfiler:
     """Times each engine step and its CPU-side parts by wrapping the engine's methods
-    on the instance (restored on exit). The step's final ``.tolist()`` waits for the
-    GPU, so a step's wall time is its real duration; the CPU parts (schedule,
-    prepare, update) are host work the GPU does not overlap in this engine."""
+    (restored on exit).
 
-    PARTS = ("schedule", "prepare", "update")
+    Parts: ``schedule`` (the scheduler's plan), ``plan`` (flattening it into a
+    :class:`StepPlan`), ``prepare`` (copying the plan to the device and launching
+    nothing yet), ``update`` (appending tokens, finishing requests) and ``wait`` (the
+    CPU blocked on a step's sampled tokens). In the plain loop the GPU idles during
+    the first four; the overlapped loop runs them while the GPU runs the previous
+    step, so a step's wall time approaches its GPU time."""
+
+    PARTS = ("schedule", "plan", "prepare", "update")
 
     def __init__(self, engine) -> None:
+        from .. import engine as engine_module
+        from ..model_runner import StepResult
+
         self.engine = engine
         self.steps: list[dict] = []
-        self._targets = [(engine, "step"), (engine.scheduler, "schedule"), (engine.model_runner, "prepare"),
-                         (engine.scheduler, "update")]
+        self._targets = [(engine, "step"), (engine.scheduler, "schedule"), (engine_module, "build_step_plan"),
+                         (engine.executor.runner, "prepare"), (engine.scheduler, "update"), (StepResult, "token_ids")]
+        self._names = ["step", "schedule", "plan", "prepare", "update", "wait"]
 
     def __enter__(self) -> StepProfiler:
         engine, metrics = self.engine, self.engine.metrics
 
         def step():
-            record = {part: 0.0 for part in self.PARTS}
+            record = {part: 0.0 for part in (*self.PARTS, "wait")}
+            record["num_seqs"] = 0
             self._current = record
             prefill, decode = metrics.num_prefill_tokens, metrics.num_decode_tokens
             start = time.perf_counter()
@@ -70,15 +80,19 @@ class StepProfiler:
                 return result
             return wrapper
 
-        self._originals = {name: getattr(obj, name) for obj, name in self._targets}
+        self._saved = [(obj, name, obj.__dict__.get(name)) for obj, name in self._targets]
+        self._originals = {part: getattr(obj, name) for part, (obj, name) in zip(self._names, self._targets)}
         engine.step = step
-        for obj, name in self._targets[1:]:
-            setattr(obj, name, timed(name))
+        for part, (obj, name) in zip(self._names[1:], self._targets[1:]):
+            setattr(obj, name, timed(part))
         return self
 
     def __exit__(self, *exc) -> None:
-        for obj, name in self._targets:
-            delattr(obj, name)  # the class's method shows through again
+        for obj, name, saved in self._saved:
+            if saved is None:
+                delattr(obj, name)  # the class's method shows through again
+            else:
+                setattr(obj, name, saved)
 
     def summary(self) -> dict:
         """Totals and means (milliseconds) over decode-only and prefill-carrying steps."""
@@ -98,7 +112,7 @@ class StepProfiler:
             "prefill_tok_s": _rate(prefill, "prefill_tokens"),
             "decode_tok_s": _rate(decode, "decode_tokens"),
         }
-        for part in self.PARTS:
+        for part in (*self.PARTS, "wait"):
             out[f"decode_{part}_ms"] = mean_ms(decode, part)
         cpu = sum(s[p] for s in self.steps for p in self.PARTS)
         out["cpu_share_of_wall"] = cpu / sum(s["wall"] for s in self.steps)
@@ -167,6 +181,7 @@ def engine_options(args: argparse.Namespace, dummy: bool) -> dict:
         max_num_batched_tokens=args.max_num_batched_tokens, gpu_memory_utilization=args.gpu_memory_utilization,
         enforce_eager=args.enforce_eager, attention_backend=args.attention_backend,
         enable_chunked_prefill=not args.no_chunked_prefill, prefix_caching=args.prefix_caching,
+        overlap_scheduling=False if args.no_overlap else None,
         device=args.device, dtype=args.dtype, load_format="dummy" if dummy else "auto",
     )
     if args.num_kvcache_blocks:
@@ -185,6 +200,7 @@ def run_engine(model_path: str, requests: Requests, options: dict, temperature: 
 
     llm = LLM(model_path, **options)
     engine = llm.engine
+    runner = engine.executor.runner
     device = engine.device
     llm.generate([list(range(1, 17))], SamplingParams(max_tokens=16), use_tqdm=False)  # warm-up, as bench.py
     before = engine.metrics.as_dict()
@@ -208,12 +224,13 @@ def run_engine(model_path: str, requests: Requests, options: dict, temperature: 
         "steps": profiler.summary(),
         "step_series": profiler.series(),
         "counters": counters,
-        "attention_backend": engine.model_runner.backend.name,
-        "cuda_graphs": engine.model_runner.graphs is not None,
-        "cuda_graph_batch_sizes": engine.model_runner.graphs.batch_sizes if engine.model_runner.graphs else [],
+        "attention_backend": runner.backend.name,
+        "cuda_graphs": runner.graphs is not None,
+        "cuda_graph_batch_sizes": runner.graphs.batch_sizes if runner.graphs else [],
         "kv_cache": {"num_blocks": engine.num_kvcache_blocks, "block_size": engine.config.kvcache_block_size,
                      "capacity_tokens": engine.num_kvcache_blocks * engine.config.kvcache_block_size},
-        "memory_profile_gib": engine.memory_profile.as_gib() if engine.memory_profile else None,
+        "memory_profile_gib": runner.memory_profile.as_gib() if runner.memory_profile else None,
+        "overlap_scheduling": engine.overlap_scheduling,
         "config": {k: v for k, v in dataclasses.asdict(engine.config).items() if k != "model"},
         "dtype": str(engine.dtype).removeprefix("torch."),
         "device": str(device),
@@ -221,7 +238,8 @@ def run_engine(model_path: str, requests: Requests, options: dict, temperature: 
     if device.type == "cuda":
         result["peak_gpu_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
         result["reserved_gpu_memory_gib"] = torch.cuda.memory_reserved(device) / 2**30
-    del llm, engine
+    llm.shutdown()
+    del llm, engine, runner
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
@@ -312,8 +330,9 @@ def print_summary(result: dict) -> None:
     s = e["steps"]
     if s["decode_step_ms"] is not None:
         print(f"  decode steps: {s['num_decode_steps']}, {s['decode_step_ms']:.2f} ms each "
-              f"(schedule {s['decode_schedule_ms']:.2f}, prepare {s['decode_prepare_ms']:.2f}, "
-              f"update {s['decode_update_ms']:.2f} ms CPU); mean batch {s['decode_batch_size_mean']:.0f}")
+              f"(CPU: schedule {s['decode_schedule_ms']:.2f}, plan {s['decode_plan_ms']:.2f}, prepare "
+              f"{s['decode_prepare_ms']:.2f}, update {s['decode_update_ms']:.2f}; waiting for the GPU "
+              f"{s['decode_wait_ms']:.2f} ms); mean batch {s['decode_batch_size_mean']:.0f}")
     lat = e["latency_s"]
     print(f"  TTFT p50 {lat['ttft_p50'] * 1e3:.0f} ms, p99 {lat['ttft_p99'] * 1e3:.0f} ms; "
           f"TPOT mean {lat['tpot_mean'] * 1e3:.2f} ms; KV {e['kv_cache']['num_blocks']} blocks "
@@ -353,6 +372,7 @@ def add_bench_parser(subparsers) -> None:
     p.add_argument("--enforce-eager", action="store_true", help="CUDA graphs off")
     p.add_argument("--attention-backend", default="auto")
     p.add_argument("--no-chunked-prefill", action="store_true")
+    p.add_argument("--no-overlap", action="store_true", help="the plain loop (overlap scheduling off)")
     p.add_argument("--prefix-caching", default="none")
     p.add_argument("--device", default="auto")
     p.add_argument("--dtype", default="auto")

@@ -182,7 +182,7 @@ def decode_stall(model_dir: Path, chunked: bool, budget: int, num_decodes: int, 
         "long_prompt_len": long_prompt_len, "arrival_step": warmup_steps,
         "long_ttft_s": round(long_seq.first_token_time - arrival, 5),
         "long_ttft_steps": first_token_step - warmup_steps + 1,
-        "decode_itl_s": [round(x, 5) for x in itl], "steps": steps, "backend": engine.model_runner.backend.name,
+        "decode_itl_s": [round(x, 5) for x in itl], "steps": steps, "backend": engine.executor.runner.backend.name,
     }
 
 

@@ -20,9 +20,8 @@ from dataclasses import dataclass, field
 
 from ..block_manager import KVCacheManager
 from ..config import EngineConfig
-from ..metrics import Metrics
 from ..sampling_params import SamplingParams
-from ..scheduler import Scheduler
+from ..scheduler import Scheduler, SchedulerConfig
 from ..sequence import Sequence
 
 POLICIES = ("paged", "oracle", "pow2", "max")
@@ -52,7 +51,8 @@ def simulate(config: EngineConfig, prompt_lens: list[int], output_lens: list[int
         if p + o > max_model_len:
             raise ValueError(f"prompt {p} + output {o} tokens exceed max_model_len={max_model_len}; raise it.")
     block_size = config.kvcache_block_size
-    scheduler = Scheduler(config, max_model_len, KVCacheManager(num_blocks, block_size), set(), Metrics())
+    scheduler = Scheduler(SchedulerConfig(config.max_num_seqs, config.max_num_batched_tokens, max_model_len,
+                                          config.enable_chunked_prefill), KVCacheManager(num_blocks, block_size), set())
     for i, (p, o) in enumerate(zip(prompt_lens, output_lens)):
         scheduler.add(Sequence(i, [0] * p, SamplingParams(temperature=0.0, max_tokens=o, ignore_eos=True)))
     trace = MemoryTrace()

@@ -24,12 +24,10 @@ import random
 from dataclasses import dataclass
 
 from ..block_manager import KVCacheManager
-from ..config import EngineConfig
 from ..metrics import Metrics
 from ..sampling_params import SamplingParams
-from ..scheduler import Scheduler
+from ..scheduler import Scheduler, SchedulerConfig
 from ..sequence import Sequence
-from ..book.tiny import tiny_model_path
 
 
 @dataclass(frozen=True)
@@ -128,12 +126,10 @@ class StandInEngine:
 
     def __init__(self, prefix_caching: str, kvcache_block_size: int, num_kvcache_blocks: int = 1 << 16,
                  max_num_batched_tokens: int = 8192) -> None:
-        config = EngineConfig(model=str(tiny_model_path("qwen3")), prefix_caching=prefix_caching,
-                              kvcache_block_size=kvcache_block_size, num_kvcache_blocks=num_kvcache_blocks,
-                              max_num_batched_tokens=max_num_batched_tokens)
+        config = SchedulerConfig(max_num_seqs=256, max_num_batched_tokens=max_num_batched_tokens, max_model_len=1 << 20)
         self.metrics = Metrics()
         self.kv_cache = KVCacheManager(num_kvcache_blocks, kvcache_block_size, prefix_caching)
-        self.scheduler = Scheduler(config, 1 << 20, self.kv_cache, set(), self.metrics)
+        self.scheduler = Scheduler(config, self.kv_cache, set())
         self._seq_ids = itertools.count()
 
     def generate(self, prompts: list[list[int]], params: list[SamplingParams], use_tqdm: bool = False) -> list[dict]:
@@ -149,6 +145,7 @@ class StandInEngine:
             self.scheduler.add(seq)
         while self.scheduler.has_unfinished():
             out = self.scheduler.schedule()
+            self.metrics.record_step(out.stats)
             sampled = [(s.seq.seq_id * 7919 + s.seq.num_tokens) % 500 for s in out.scheduled if s.samples]
             self.scheduler.update(out, sampled)
         return [{"token_ids": s.output_token_ids, "num_cached_tokens": s.num_cached_tokens} for s in seqs]

@@ -54,7 +54,7 @@ def measure_mode(model_dir: Path, mode: str, prefix_lens: list[int], question_le
         questions = [random_prompt(question_len, vocab, seed=prefix_len * 1000 + i) for i in range(repeats + 1)]
         outs = [llm.generate([prefix + q], params, use_tqdm=False)[0] for q in questions]
         warm = [o["ttft"] * 1e3 for o in outs[1:]]
-        rows.append({"mode": mode, "attention_backend": llm.engine.model_runner.backend.name,
+        rows.append({"mode": mode, "attention_backend": llm.engine.executor.runner.backend.name,
                      "prefix_len": prefix_len, "question_len": question_len,
                      "cold_ttft_ms": round(outs[0]["ttft"] * 1e3, 3),
                      "ttft_ms_median": round(statistics.median(warm), 3),

@@ -16,7 +16,7 @@ from .radix_cache import RadixPrefixCache
 from .radix_tree import RadixNode, RadixTree
 
 if TYPE_CHECKING:
-    from ..block_manager import BlockAllocator
+    from ..block_allocator import BlockAllocator
 
 PREFIX_CACHES = {"hash": HashPrefixCache, "radix": RadixPrefixCache}
 

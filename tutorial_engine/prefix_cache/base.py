@@ -10,6 +10,9 @@ Ownership rule shared by both: the cache holds one reference (in the
 every sequence holds one on each page of its block table. A cached page that no
 sequence uses is *evictable*: it stays reusable until the allocator runs out of free
 pages and the manager asks the cache to :meth:`~PrefixCache.evict` some.
+
+The cache reads sequences but never writes them: the KV-cache manager alone owns block
+tables and computed-token counts, and applies what the cache returns.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from abc import ABC, abstractmethod
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from ..block_manager import BlockAllocator
+    from ..block_allocator import BlockAllocator
     from ..sequence import Sequence
 
 
@@ -35,27 +38,30 @@ class PrefixCache(ABC):
         self.allocator = allocator
         self.block_size = block_size
 
-    def max_cacheable_tokens(self, seq: Sequence) -> int:
+    def max_cacheable_tokens(self, num_tokens: int) -> int:
         """Whole pages within the first ``num_tokens - 1`` tokens: at least one token
         is always computed, because the last token's logits give the next token."""
-        return (seq.num_tokens - 1) // self.block_size * self.block_size
+        return (num_tokens - 1) // self.block_size * self.block_size
 
     @abstractmethod
-    def match(self, seq: Sequence) -> int:
-        """Admission of a sequence with an empty block table: point it at the pages of
-        its longest cached prefix (taking a reference on each), set
-        ``seq.num_computed_tokens`` to the tokens they hold and return that count
-        (a multiple of ``block_size``, at most :meth:`max_cacheable_tokens`)."""
+    def match(self, seq_id: int, token_ids: list[int]) -> list[int]:
+        """Admission of sequence ``seq_id``: the pages of the longest cached prefix of
+        ``token_ids`` (at most :meth:`max_cacheable_tokens`), with a reference taken on
+        each for the sequence. Its block table starts with them."""
 
     @abstractmethod
-    def cache(self, seq: Sequence, num_new_tokens: int) -> None:
+    def cache(self, seq: Sequence, num_new_tokens: int) -> dict[int, int]:
         """After a step computed ``num_new_tokens`` more tokens of ``seq``: publish the
-        pages that became full, so that other requests can match them."""
+        pages that became full, so that other requests can match them.
+
+        Returns block-table entries the sequence must switch to, ``{index: page}``
+        (the references are already moved), when the cache already held a copy."""
 
     @abstractmethod
     def release(self, seq: Sequence) -> None:
-        """Finish or preemption: publish what ``seq`` computed, drop its references
-        and clear its block table. Its cached pages stay, evictable once unused."""
+        """Finish or preemption: publish what ``seq`` computed and drop its reference
+        on every page of its block table (the manager then clears the table). Its
+        cached pages stay, evictable once unused."""
 
     @property
     @abstractmethod

@@ -31,7 +31,7 @@ import xxhash
 from .base import PrefixCache
 
 if TYPE_CHECKING:
-    from ..block_manager import BlockAllocator
+    from ..block_allocator import BlockAllocator
     from ..sequence import Sequence
 
 ROOT_HASH = 0
@@ -80,8 +80,8 @@ class HashPrefixCache(PrefixCache):
         self.progress: dict[int, SequenceProgress] = {}
         self._entry_ids = itertools.count(ROOT_ENTRY + 1)
 
-    def _block_tokens(self, seq: Sequence, index: int) -> tuple[int, ...]:
-        return tuple(seq.token_ids[index * self.block_size : (index + 1) * self.block_size])
+    def _block_tokens(self, token_ids: list[int], index: int) -> tuple[int, ...]:
+        return tuple(token_ids[index * self.block_size : (index + 1) * self.block_size])
 
     def _lookup(self, parent_hash: int, parent_entry_id: int, tokens: tuple[int, ...]) -> tuple[int, CachedBlock | None]:
         """The hash of ``tokens`` after ``parent_hash``, and the cached entry if it is a
@@ -92,26 +92,25 @@ class HashPrefixCache(PrefixCache):
             entry = None
         return h, entry
 
-    def match(self, seq: Sequence) -> int:
-        progress = SequenceProgress()
-        for index in range(self.max_cacheable_tokens(seq) // self.block_size):
-            h, entry = self._lookup(progress.last_hash, progress.last_entry_id, self._block_tokens(seq, index))
+    def match(self, seq_id: int, token_ids: list[int]) -> list[int]:
+        progress, pages = SequenceProgress(), []
+        for index in range(self.max_cacheable_tokens(len(token_ids)) // self.block_size):
+            h, entry = self._lookup(progress.last_hash, progress.last_entry_id, self._block_tokens(token_ids, index))
             if entry is None:
                 break
             self.evictable.pop(entry.block_id, None)  # in use again
             self.allocator.incref(entry.block_id)
-            seq.block_table.append(entry.block_id)
+            pages.append(entry.block_id)
             progress = SequenceProgress(index + 1, h, entry.entry_id)
-        self.progress[seq.seq_id] = progress
-        seq.num_computed_tokens = progress.num_hashed_blocks * self.block_size
-        return seq.num_computed_tokens
+        self.progress[seq_id] = progress
+        return pages
 
-    def cache(self, seq: Sequence, num_new_tokens: int) -> None:
+    def cache(self, seq: Sequence, num_new_tokens: int) -> dict[int, int]:
         progress = self.progress[seq.seq_id]
         num_full = seq.num_computed_tokens // self.block_size
         while progress.num_hashed_blocks < num_full and progress.last_entry_id is not None:
             index = progress.num_hashed_blocks
-            tokens = self._block_tokens(seq, index)
+            tokens = self._block_tokens(seq.token_ids, index)
             h = block_hash(progress.last_hash, tokens)
             entry = self.table.get(h)
             if entry is None:  # first time this prefix is seen: index our block
@@ -124,6 +123,7 @@ class HashPrefixCache(PrefixCache):
                 break
             # else: another request published this prefix first; our copy stays private.
             progress.num_hashed_blocks, progress.last_hash, progress.last_entry_id = index + 1, h, entry.entry_id
+        return {}
 
     def release(self, seq: Sequence) -> None:
         self.cache(seq, 0)
@@ -132,7 +132,6 @@ class HashPrefixCache(PrefixCache):
             self.allocator.decref(block_id)
             if block_id in self.by_block and self.allocator.ref_counts[block_id] == 1:
                 self.evictable[block_id] = None
-        seq.block_table.clear()
         del self.progress[seq.seq_id]
 
     @property

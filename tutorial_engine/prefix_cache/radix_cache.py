@@ -24,7 +24,7 @@ from .base import PrefixCache
 from .radix_tree import RadixNode, RadixTree
 
 if TYPE_CHECKING:
-    from ..block_manager import BlockAllocator
+    from ..block_allocator import BlockAllocator
     from ..sequence import Sequence
 
 
@@ -45,46 +45,47 @@ class RadixPrefixCache(PrefixCache):
         self.tree = RadixTree(block_size)
         self.paths: dict[int, LockedPath] = {}
 
-    def match(self, seq: Sequence) -> int:
-        pages, node = self.tree.match_prefix(seq.token_ids[: self.max_cacheable_tokens(seq)])
+    def match(self, seq_id: int, token_ids: list[int]) -> list[int]:
+        pages, node = self.tree.match_prefix(token_ids[: self.max_cacheable_tokens(len(token_ids))])
         self.tree.lock(node)
         for page in pages:
             self.allocator.incref(page)
-        seq.block_table.extend(pages)
-        seq.num_computed_tokens = len(pages) * self.block_size
-        self.paths[seq.seq_id] = LockedPath(node, seq.num_computed_tokens)
-        return seq.num_computed_tokens
+        self.paths[seq_id] = LockedPath(node, len(pages) * self.block_size)
+        return pages
 
-    def cache(self, seq: Sequence, num_new_tokens: int) -> None:
+    def cache(self, seq: Sequence, num_new_tokens: int) -> dict[int, int]:
         if num_new_tokens > 1:  # a prefill chunk, not a decode step
-            self._insert(seq)
+            return self._insert(seq)
+        return {}
 
-    def _insert(self, seq: Sequence) -> None:
-        """Insert ``seq``'s computed whole pages and re-lock the path to their end."""
+    def _insert(self, seq: Sequence) -> dict[int, int]:
+        """Insert ``seq``'s computed whole pages and re-lock the path to their end.
+        Returns the block-table entries to switch to the tree's copy."""
         num_pages = seq.num_computed_tokens // self.block_size
         path = self.paths[seq.seq_id]
         if num_pages * self.block_size <= path.num_tokens:
-            return
+            return {}
         table = seq.block_table
         result = self.tree.insert(seq.token_ids[: num_pages * self.block_size], table[:num_pages])
         num_existing = result.num_existing_tokens // self.block_size
+        switched = {}
         for i in range(num_existing):
             if result.pages[i] != table[i]:  # another request inserted this prefix first
                 self.allocator.incref(result.pages[i])
                 self.allocator.decref(table[i])
-                table[i] = result.pages[i]
+                switched[i] = result.pages[i]
         for page in table[num_existing:num_pages]:
             self.allocator.incref(page)  # the tree's own reference to the pages it adopted
         self.tree.lock(result.node)
         self.tree.unlock(path.node)
         self.paths[seq.seq_id] = LockedPath(result.node, num_pages * self.block_size)
+        return switched
 
     def release(self, seq: Sequence) -> None:
-        self._insert(seq)
+        switched = self._insert(seq)
         self.tree.unlock(self.paths.pop(seq.seq_id).node)
-        for page in reversed(seq.block_table):
-            self.allocator.decref(page)
-        seq.block_table.clear()
+        for i in reversed(range(len(seq.block_table))):
+            self.allocator.decref(switched.get(i, seq.block_table[i]))
 
     @property
     def num_evictable_blocks(self) -> int:

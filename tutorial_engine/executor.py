@@ -1,0 +1,47 @@
+"""Where step plans run. The engine talks to its model only through an executor:
+
+``execute(plan) -> StepResult`` launches a step and returns without waiting for the
+device, ``num_kv_blocks`` says how many KV pages each rank allocated (the scheduler
+plans with that many), ``shutdown()`` gives the devices back.
+
+:class:`InProcessExecutor` runs one :class:`~tutorial_engine.executor.runner.ModelRunner`
+in the engine's own process. Tensor parallelism puts one runner per rank in worker
+processes behind the same three members (chapter 8).
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import torch
+
+from .config import EngineConfig
+from .model_runner import ModelRunner, StepResult
+from .models import DecoderSpec
+from .step_plan import StepPlan
+
+
+class Executor(Protocol):
+    num_kv_blocks: int
+
+    def execute(self, plan: StepPlan) -> StepResult: ...
+
+    def shutdown(self) -> None: ...
+
+
+class InProcessExecutor:
+    """One model runner on one device, in this process (``tensor_parallel_size=1``)."""
+
+    def __init__(self, config: EngineConfig, spec: DecoderSpec, device: torch.device, dtype: torch.dtype,
+                 max_model_len: int) -> None:
+        self.runner = ModelRunner(config, spec, device, dtype, max_model_len)
+
+    @property
+    def num_kv_blocks(self) -> int:
+        return self.runner.num_kv_blocks
+
+    def execute(self, plan: StepPlan) -> StepResult:
+        return self.runner.execute(plan)
+
+    def shutdown(self) -> None:
+        self.runner.shutdown()

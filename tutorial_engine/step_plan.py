@@ -1,0 +1,130 @@
+"""The step plan: what the device must run for one engine step, as plain data.
+
+The scheduler decides *which* tokens of *which* requests run; :func:`build_step_plan`
+turns that decision into flat arrays (vLLM's varlen layout, see
+:class:`~tutorial_engine.attention.AttentionMetadata`) that mention no live
+``Sequence`` object. A plan can therefore be queued, sent to another process (tensor
+parallelism) and kept alive while the device reads it, while the scheduler already
+plans the next step (overlap scheduling, chapter 7).
+
+A plan may not know every input token: with overlap scheduling the token a request
+sampled in the previous step is still on the device when the next step is planned.
+Such inputs are :data:`PLACEHOLDER` and ``placeholder_rows`` says which row of the
+previous step's sampled tokens fills each of them, on the device (SGLang's "future"
+token map; vLLM's async scheduling does the same).
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .sampling_params import SamplingParams
+from .scheduler import SchedulerOutput
+
+PLACEHOLDER = -1
+
+
+@dataclass
+class StepPlan:
+    """One step for the model runner. ``T`` new tokens of ``B`` sequences; ``S`` of the
+    sequences sample a token.
+
+    Attributes:
+        input_ids: int64 ``[T]``, token ids, :data:`PLACEHOLDER` where the token is
+            the previous step's output.
+        placeholder_index: int64 ``[P]``, positions in ``input_ids`` that are placeholders.
+        placeholder_rows: int64 ``[P]``, for each, the row of the previous step's
+            sampled tokens that holds it.
+        positions: int64 ``[T]``, position of each token in its sequence.
+        slot_mapping: int64 ``[T]``, flat KV-cache slot each token's K/V is written to.
+        query_start_loc: int32 ``[B + 1]``, prefix sums of the new-token counts.
+        seq_lens: int32 ``[B]``, context length of each sequence after this step.
+        block_tables: int32 ``[B, W]``, each sequence's pages, padded with 0.
+        logits_indices: int64 ``[S]``, the rows of ``input_ids`` whose logits are sampled.
+        sample_seq_ids: the ``S`` sampling requests' ids (per-request random generators).
+        sampling_params: their :class:`SamplingParams`, in the same order.
+        finished_seq_ids: requests that ended since the previous plan: the runner may
+            drop any per-request state it keeps (seeded generators).
+    """
+
+    input_ids: np.ndarray
+    placeholder_index: np.ndarray
+    placeholder_rows: np.ndarray
+    positions: np.ndarray
+    slot_mapping: np.ndarray
+    query_start_loc: np.ndarray
+    seq_lens: np.ndarray
+    block_tables: np.ndarray
+    logits_indices: np.ndarray
+    sample_seq_ids: list[int]
+    sampling_params: list[SamplingParams]
+    finished_seq_ids: list[int] = field(default_factory=list)
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.input_ids)
+
+    @property
+    def num_seqs(self) -> int:
+        return len(self.seq_lens)
+
+    @property
+    def is_decode_only(self) -> bool:
+        return self.num_tokens == self.num_seqs
+
+
+def build_step_plan(out: SchedulerOutput, block_size: int, finished_seq_ids: list[int] | None = None) -> StepPlan:
+    """Flatten a scheduled step into a :class:`StepPlan`.
+
+    Per-sequence Python work is kept to reading a few attributes; positions and slots
+    are computed for all tokens at once with numpy, so a 256-sequence decode step costs
+    well under a millisecond of CPU time.
+    """
+    scheduled = out.scheduled
+    n = len(scheduled)
+    starts = np.fromiter((s.start for s in scheduled), np.int64, n)
+    query_lens = np.fromiter((s.num_new_tokens for s in scheduled), np.int64, n)
+    query_start_loc = np.zeros(n + 1, np.int64)
+    np.cumsum(query_lens, out=query_start_loc[1:])
+    seq_lens = starts + query_lens
+    num_tokens = int(query_start_loc[-1])
+
+    # Known tokens come from the CPU copy; a sequence whose last token is still in
+    # flight ends its input with one placeholder, filled on the device.
+    input_ids = np.full(num_tokens, PLACEHOLDER, np.int64)
+    placeholder_index, placeholder_rows = [], []
+    for item, begin, start, end in zip(scheduled, query_start_loc.tolist(), starts.tolist(), seq_lens.tolist()):
+        known = item.seq.token_ids[start:end]
+        input_ids[begin:begin + len(known)] = known
+        if len(known) < end - start:
+            placeholder_index.append(begin + len(known))
+            placeholder_rows.append(item.input_row)
+
+    # Position of token t of sequence i: start_i + (t - query_start_i).
+    seq_index = np.repeat(np.arange(n), query_lens)
+    positions = np.arange(num_tokens) + np.repeat(starts - query_start_loc[:-1], query_lens)
+    tables = [s.seq.block_table for s in scheduled]
+    table_lens = np.fromiter(map(len, tables), np.int64, n)
+    block_tables = np.zeros((n, int(table_lens.max())), np.int32)
+    block_tables[np.arange(block_tables.shape[1]) < table_lens[:, None]] = np.fromiter(
+        itertools.chain.from_iterable(tables), np.int32, int(table_lens.sum()))
+    slots = block_tables[seq_index, positions // block_size].astype(np.int64) * block_size + positions % block_size
+    samples = np.fromiter((s.samples for s in scheduled), bool, n)
+    sampling = [s.seq for s in scheduled if s.samples]
+    return StepPlan(
+        input_ids=input_ids,
+        placeholder_index=np.asarray(placeholder_index, np.int64),
+        placeholder_rows=np.asarray(placeholder_rows, np.int64),
+        positions=positions,
+        slot_mapping=slots,
+        query_start_loc=query_start_loc.astype(np.int32),
+        seq_lens=seq_lens.astype(np.int32),
+        block_tables=block_tables,
+        logits_indices=query_start_loc[1:][samples] - 1,
+        sample_seq_ids=[seq.seq_id for seq in sampling],
+        sampling_params=[seq.sampling_params for seq in sampling],
+        finished_seq_ids=list(finished_seq_ids or []),
+    )
