@@ -46,12 +46,17 @@ class InFlightStep:
 class LLMEngine:
     """Loads the checkpoint, sizes the KV cache and runs steps until requests finish.
 
+    Args:
+        config: the engine's options.
+        executor: where steps run; by default a :class:`InProcessExecutor` that loads
+            the model of ``config.model`` (tests pass a model-free stand-in).
+
     Raises:
         FileNotFoundError: the folder lacks config.json or weights.
         ValueError: unsupported architecture, or limits that contradict each other.
     """
 
-    def __init__(self, config: EngineConfig) -> None:
+    def __init__(self, config: EngineConfig, executor: Executor | None = None) -> None:
         self.config = config
         hf_config = load_hf_config(config.model)
         self.spec: DecoderSpec = decoder_spec(hf_config)
@@ -62,7 +67,8 @@ class LLMEngine:
         self.eos_token_ids = eos_token_ids(config.model, hf_config, self.tokenizer)
         self.overlap_scheduling = (config.overlap_scheduling if config.overlap_scheduling is not None
                                    else self.device.type == "cuda")
-        self.executor: Executor = InProcessExecutor(config, self.spec, self.device, self.dtype, self.max_model_len)
+        self.executor: Executor = executor or InProcessExecutor(config, self.spec, self.device, self.dtype,
+                                                                self.max_model_len)
         num_blocks = self.executor.num_kv_blocks
         self.kv_cache = KVCacheManager(num_blocks, config.kvcache_block_size, config.prefix_caching)
         scheduler_config = SchedulerConfig(config.max_num_seqs, config.max_num_batched_tokens, self.max_model_len,

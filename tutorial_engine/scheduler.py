@@ -222,19 +222,20 @@ class Scheduler:
             token = next(tokens) if item.samples else None
             if seq.is_finished:
                 continue
+            if token is not None:
+                seq.num_pending_tokens -= 1
+                seq.token_ids.append(token)
+                seq.token_times.append(now)
+                if seq.first_token_time is None:
+                    seq.first_token_time = now
+                reason = self._finish_reason(seq, token)
+                if reason is not None:
+                    self.finish(seq, reason)
+                    finished.append(seq)
+                    continue
             if seq.status is SequenceStatus.RUNNING:
+                # After the append: a step launched since may already count this token as computed.
                 self.kv_cache.cache_blocks(seq, item.num_new_tokens)
-            if token is None:
-                continue
-            seq.num_pending_tokens -= 1
-            seq.token_ids.append(token)
-            seq.token_times.append(now)
-            if seq.first_token_time is None:
-                seq.first_token_time = now
-            reason = self._finish_reason(seq, token)
-            if reason is not None:
-                self.finish(seq, reason)
-                finished.append(seq)
         return finished
 
     def _finish_reason(self, seq: Sequence, token: int) -> str | None:
