@@ -12,6 +12,7 @@ from .block_manager import KVCacheManager
 from .config import EngineConfig, resolve_dtype
 from .cuda_graph import graphs_unavailable_reason
 from .gpu_memory import MemoryProfile, profile_memory
+from .inputs import Prompt, check_request, prompt_token_ids
 from .loader import checkpoint_dtype, decoder_spec, eos_token_ids, load_hf_config, load_tokenizer, load_weights
 from .metrics import Metrics
 from .model_runner import ModelRunner, kv_cache_bytes_per_block
@@ -21,8 +22,6 @@ from .scheduler import Scheduler
 from .sequence import Sequence
 
 logger = logging.getLogger(__name__)
-
-Prompt = str | list[int]
 
 
 class LLMEngine:
@@ -91,45 +90,24 @@ class LLMEngine:
         full = self.config.max_num_seqs * math.ceil(self.max_model_len / self.config.kvcache_block_size)
         num_blocks = min(int(budget // per_block), full)
         if num_blocks < 1:
-            raise ValueError("no memory is left for the KV cache after loading the model; raise "
-                             "gpu_memory_utilization or use a smaller model / dtype.")
+            raise ValueError(f"no memory is left for the KV cache after loading the model; raise "
+                             f"{'gpu_memory_utilization' if self.device.type == 'cuda' else 'cpu_kvcache_space_gib'} "
+                             "or use a smaller model / dtype.")
         return num_blocks
 
     # -- requests ---------------------------------------------------------------------
 
     def make_sequence(self, prompt: Prompt, params: SamplingParams) -> Sequence:
-        """Tokenise and validate one request (does not queue it).
+        """Tokenise and validate one request (does not queue it); see ``inputs.py``.
 
         Raises:
+            TypeError: a prompt or sampling_params of the wrong type.
             ValueError: empty prompt, prompt longer than ``max_model_len``, token ids
                 outside the vocabulary, a text prompt without a tokenizer, or a request
                 that could not fit the whole KV cache.
         """
-        if not isinstance(params, SamplingParams):
-            raise ValueError(f"sampling_params must be SamplingParams, got {type(params).__name__}")
-        if isinstance(prompt, str):
-            if not prompt:
-                raise ValueError("the prompt is empty; give at least one character or token.")
-            if self.tokenizer is None:
-                raise ValueError(f"{self.config.model} has no tokenizer; pass prompts as lists of token ids.")
-            token_ids = self.tokenizer(prompt).input_ids
-        else:
-            token_ids = list(prompt)
-        if not token_ids:
-            raise ValueError("the prompt is empty; give at least one token.")
-        bad = [t for t in token_ids if not (isinstance(t, int) and 0 <= t < self.spec.vocab_size)]
-        if bad:
-            raise ValueError(f"token ids {bad[:5]} are outside the vocabulary [0, {self.spec.vocab_size}).")
-        if len(token_ids) > self.max_model_len:
-            raise ValueError(f"the prompt has {len(token_ids)} tokens, more than max_model_len={self.max_model_len}; "
-                             "shorten it or raise max_model_len.")
-        longest = min(len(token_ids) + params.max_tokens, self.max_model_len)
-        capacity = self.num_kvcache_blocks * self.config.kvcache_block_size
-        if longest > capacity:
-            raise ValueError(
-                f"a request of up to {longest} tokens cannot fit the KV cache of {self.num_kvcache_blocks} blocks "
-                f"({capacity} tokens); raise num_kvcache_blocks (or gpu_memory_utilization) or lower max_tokens."
-            )
+        token_ids = prompt_token_ids(prompt, self.tokenizer, self.spec.vocab_size)
+        check_request(token_ids, params, self.max_model_len, self.num_kvcache_blocks, self.config.kvcache_block_size)
         return Sequence(next(self._seq_ids), token_ids, params)
 
     def add_sequence(self, seq: Sequence) -> None:
