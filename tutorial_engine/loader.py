@@ -72,7 +72,8 @@ def decoder_spec(config: PretrainedConfig) -> DecoderSpec:
     """The engine's view of a transformers config.
 
     Raises:
-        ValueError: for an architecture outside ``SUPPORTED_ARCHITECTURES``.
+        ValueError: for an architecture outside ``SUPPORTED_ARCHITECTURES``, or query
+            heads that are not a multiple of the KV heads.
     """
     architectures = getattr(config, "architectures", None) or []
     arch = next((a for a in architectures if a in SUPPORTED_ARCHITECTURES), None)
@@ -83,9 +84,10 @@ def decoder_spec(config: PretrainedConfig) -> DecoderSpec:
         )
     qkv_bias, qk_norm = SUPPORTED_ARCHITECTURES[arch]
     num_kv_heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
-    if config.num_attention_heads % num_kv_heads:
-        raise ValueError(f"{getattr(config, '_name_or_path', '')}/config.json: num_attention_heads="
-                         f"{config.num_attention_heads} is not a multiple of num_key_value_heads={num_kv_heads}.")
+    if config.num_attention_heads % num_kv_heads:  # grouped-query attention shares each KV head by a group
+        source = Path(getattr(config, "_name_or_path", "") or ".") / "config.json"
+        raise ValueError(f"{source}: num_attention_heads={config.num_attention_heads} is not a multiple of "
+                         f"num_key_value_heads={num_kv_heads}; fix config.json.")
     rope = dict(getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {})
     rope_theta = rope.pop("rope_theta", None) or getattr(config, "rope_theta", 10000.0)
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
