@@ -7,8 +7,10 @@ import math
 
 import numpy as np
 import pytest
+import torch
 
 from tutorial_engine import LLM, SamplingParams
+from tutorial_engine.sampler import Sampler
 
 
 @pytest.mark.parametrize(
@@ -81,3 +83,11 @@ def test_tiny_temperature_is_greedy(tiny_checkpoints):
                          use_tqdm=False)
     assert tiny[0]["token_ids"] == greedy[0]["token_ids"] == small[0]["token_ids"]
     assert set(greedy[0]["token_ids"]) != {0}
+
+
+def test_tiny_top_p_keeps_the_most_likely_token():
+    """A top_p that rounds to 0 in float32 (1e-50) still keeps the top token; it used to
+    keep none and sample token 0."""
+    sampler = Sampler(torch.device("cpu"), seed=0)
+    logits = torch.randn(3, 50, generator=torch.Generator().manual_seed(0))
+    assert sampler(logits, [0, 1, 2], [SamplingParams(top_p=1e-50)] * 3) == logits.argmax(-1).tolist()
