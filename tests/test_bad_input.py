@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 import shutil
 
+import numpy as np
 import pytest
+import torch
 
-from tutorial_engine import LLM, SamplingParams
+from tutorial_engine import LLM, EngineConfig, SamplingParams
 
 
 @pytest.fixture(scope="module")
@@ -97,3 +99,42 @@ def test_text_prompt_without_tokenizer(tmp_path, tiny_checkpoints):
     with pytest.raises(ValueError, match="no tokenizer"):
         llm.generate("text", use_tqdm=False)
     assert len(llm.generate([1, 2, 3], SamplingParams(max_tokens=2), use_tqdm=False)[0]["token_ids"]) <= 2
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, match",
+    [
+        (dict(enable_chunked_prefill="no"), TypeError, "enable_chunked_prefill='no' has type str; .* True or False"),
+        (dict(enforce_eager=1), TypeError, "enforce_eager=1 has type int"),
+        (dict(kvcache_block_size=16.0), TypeError, "kvcache_block_size=16.0 has type float; .* must be an int"),
+        (dict(num_kvcache_blocks=8.5), TypeError, "num_kvcache_blocks=8.5 has type float"),
+        (dict(max_model_len=True), TypeError, "max_model_len=True has type bool"),
+        (dict(max_num_seqs="4"), TypeError, "max_num_seqs='4' has type str"),
+        (dict(gpu_memory_utilization=float("nan")), ValueError, "gpu_memory_utilization=nan is not a finite number"),
+        (dict(cpu_kvcache_space_gib=float("inf")), ValueError, "cpu_kvcache_space_gib=inf is not a finite number"),
+        (dict(seed=-1), ValueError, "seed=-1 must be >= 0"),
+        (dict(device="mps"), ValueError, "device='mps' is not supported; use 'auto', 'cpu', 'cuda' or 'cuda:N'"),
+        (dict(device="gpu0"), ValueError, "device='gpu0' is not supported"),
+        (dict(device=0), ValueError, "device=0 is not supported"),
+        (dict(device="cuda:99"), ValueError, "device='cuda:99' but this machine has"),
+    ],
+)
+def test_engine_config_types_are_checked_before_loading(tiny_checkpoints, kwargs, error, match):
+    with pytest.raises(error, match=match):
+        EngineConfig(model=str(tiny_checkpoints["qwen3"]), **kwargs)  # the config itself refuses: nothing loaded
+
+
+def test_engine_config_converts_numpy_ints(tiny_checkpoints):
+    config = EngineConfig(model=str(tiny_checkpoints["qwen3"]), num_kvcache_blocks=np.int64(8), max_num_seqs=np.int32(4))
+    assert (config.num_kvcache_blocks, config.max_num_seqs) == (8, 4) and type(config.num_kvcache_blocks) is int
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cuda_without_cuda_names_the_fix(tiny_checkpoints):
+    with pytest.raises(ValueError, match="device='cuda' but this machine has no usable CUDA GPU.*device='cpu'"):
+        LLM(tiny_checkpoints["qwen3"], device="cuda")
+
+
+def test_cpu_kv_sizing_names_the_cpu_setting(tiny_checkpoints):
+    with pytest.raises(ValueError, match="raise cpu_kvcache_space_gib"):
+        LLM(tiny_checkpoints["qwen3"], device="cpu", cpu_kvcache_space_gib=1e-9)

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+
+from .checks import as_bool, as_float, as_int, show
 
 ATTENTION_BACKENDS = ("auto", "torch", "triton", "flash_attn")
 PREFIX_CACHING_MODES = ("none", "hash", "radix")
@@ -23,8 +26,15 @@ class EngineConfig:
     the KV cache. Left as ``None`` it is sized from ``gpu_memory_utilization`` of the
     GPU (after profiling a worst-case step), or from ``cpu_kvcache_space_gib`` on a CPU.
 
+    Types are checked too: int fields take ints (numpy ints are converted; bools and
+    floats are refused), float fields finite numbers, switches real bools (``"no"`` is
+    not False), ``device`` one of 'auto', 'cpu', 'cuda', 'cuda:N' that this machine has.
+
     Raises:
-        ValueError: for out-of-range values, naming the value and the fix.
+        TypeError: a field of the wrong type, naming the field and the type it needs.
+        ValueError: for out-of-range values, or a device this machine lacks, naming
+            the value and the fix.
+        FileNotFoundError: ``model`` is not a folder.
     """
 
     model: str
@@ -47,6 +57,7 @@ class EngineConfig:
     load_format: str = "auto"
 
     def __post_init__(self) -> None:
+        self._check_types()
         checks = [
             (self.max_num_seqs >= 1, f"max_num_seqs={self.max_num_seqs} must be >= 1"),
             (self.max_num_batched_tokens >= 1, f"max_num_batched_tokens={self.max_num_batched_tokens} must be >= 1"),
@@ -57,6 +68,7 @@ class EngineConfig:
              f"num_kvcache_blocks={self.num_kvcache_blocks} must be >= 1 (or None to size it from memory)"),
             (self.max_model_len is None or self.max_model_len >= 1, f"max_model_len={self.max_model_len} must be >= 1"),
             (self.tensor_parallel_size >= 1, f"tensor_parallel_size={self.tensor_parallel_size} must be >= 1"),
+            (self.seed >= 0, f"seed={self.seed} must be >= 0"),
             (self.attention_backend in ATTENTION_BACKENDS,
              f"attention_backend={self.attention_backend!r} is unknown; choose one of {ATTENTION_BACKENDS}"),
             (self.prefix_caching in PREFIX_CACHING_MODES,
@@ -68,11 +80,44 @@ class EngineConfig:
         for ok, message in checks:
             if not ok:
                 raise ValueError(message)
+        self._check_device()
         if not Path(self.model).is_dir():
             raise FileNotFoundError(
                 f"model={self.model!r} is not a folder; pass the path of a Hugging Face checkpoint "
                 "folder (config.json + *.safetensors), e.g. a local download of Qwen/Qwen3-0.6B."
             )
+
+    def _check_types(self) -> None:
+        """Ints are ints (numpy ints converted), floats finite numbers, switches bools."""
+        if not isinstance(self.model, (str, os.PathLike)):
+            raise TypeError(f"model={show(self.model)} has type {type(self.model).__name__}; "
+                            "pass the checkpoint folder as a str or pathlib.Path.")
+        for name in ("max_num_seqs", "max_num_batched_tokens", "kvcache_block_size", "tensor_parallel_size", "seed"):
+            setattr(self, name, as_int(name, getattr(self, name)))
+        for name in ("max_model_len", "num_kvcache_blocks"):  # None: derived from the model / memory
+            if getattr(self, name) is not None:
+                setattr(self, name, as_int(name, getattr(self, name)))
+        for name in ("gpu_memory_utilization", "cpu_kvcache_space_gib"):
+            setattr(self, name, as_float(name, getattr(self, name)))
+        for name in ("enforce_eager", "enable_chunked_prefill"):
+            setattr(self, name, as_bool(name, getattr(self, name)))
+
+    def _check_device(self) -> None:
+        """``device`` is 'auto', 'cpu', 'cuda' or 'cuda:N', and present on this machine."""
+        if self.device == "auto":
+            return
+        try:
+            device = torch.device(self.device) if isinstance(self.device, str) else None
+        except RuntimeError:  # an unparsable string such as "gpu0"
+            device = None
+        if device is None or device.type not in ("cpu", "cuda"):
+            raise ValueError(f"device={show(self.device)} is not supported; use 'auto', 'cpu', 'cuda' or 'cuda:N'.")
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"device={self.device!r} but this machine has no usable CUDA GPU (or torch is a CPU "
+                             "build); use device='cpu', or 'auto' to pick the GPU when there is one.")
+        if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+            raise ValueError(f"device={self.device!r} but this machine has {torch.cuda.device_count()} CUDA GPU(s); "
+                             f"use an index below {torch.cuda.device_count()}, or 'cuda'.")
 
     def resolve_device(self) -> torch.device:
         if self.device == "auto":

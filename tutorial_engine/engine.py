@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from .block_manager import KVCacheManager
 from .config import EngineConfig, resolve_dtype
 from .executor import Executor, InProcessExecutor
+from .inputs import Prompt, check_request, prompt_token_ids
 from .loader import checkpoint_dtype, decoder_spec, eos_token_ids, load_hf_config, load_tokenizer
 from .metrics import Metrics
 from .model_runner import StepResult
@@ -31,8 +32,6 @@ from .sequence import Sequence
 from .step_plan import build_step_plan
 
 logger = logging.getLogger(__name__)
-
-Prompt = str | list[int]
 
 
 @dataclass
@@ -105,38 +104,16 @@ class LLMEngine:
     # -- requests ---------------------------------------------------------------------
 
     def make_sequence(self, prompt: Prompt, params: SamplingParams) -> Sequence:
-        """Tokenise and validate one request (does not queue it).
+        """Tokenise and validate one request (does not queue it); see ``inputs.py``.
 
         Raises:
+            TypeError: a prompt or sampling_params of the wrong type.
             ValueError: empty prompt, prompt longer than ``max_model_len``, token ids
                 outside the vocabulary, a text prompt without a tokenizer, or a request
                 that could not fit the whole KV cache.
         """
-        if not isinstance(params, SamplingParams):
-            raise ValueError(f"sampling_params must be SamplingParams, got {type(params).__name__}")
-        if isinstance(prompt, str):
-            if not prompt:
-                raise ValueError("the prompt is empty; give at least one character or token.")
-            if self.tokenizer is None:
-                raise ValueError(f"{self.config.model} has no tokenizer; pass prompts as lists of token ids.")
-            token_ids = self.tokenizer(prompt).input_ids
-        else:
-            token_ids = list(prompt)
-        if not token_ids:
-            raise ValueError("the prompt is empty; give at least one token.")
-        bad = [t for t in token_ids if not (isinstance(t, int) and 0 <= t < self.spec.vocab_size)]
-        if bad:
-            raise ValueError(f"token ids {bad[:5]} are outside the vocabulary [0, {self.spec.vocab_size}).")
-        if len(token_ids) > self.max_model_len:
-            raise ValueError(f"the prompt has {len(token_ids)} tokens, more than max_model_len={self.max_model_len}; "
-                             "shorten it or raise max_model_len.")
-        longest = min(len(token_ids) + params.max_tokens, self.max_model_len)
-        capacity = self.num_kvcache_blocks * self.config.kvcache_block_size
-        if longest > capacity:
-            raise ValueError(
-                f"a request of up to {longest} tokens cannot fit the KV cache of {self.num_kvcache_blocks} blocks "
-                f"({capacity} tokens); raise num_kvcache_blocks (or gpu_memory_utilization) or lower max_tokens."
-            )
+        token_ids = prompt_token_ids(prompt, self.tokenizer, self.spec.vocab_size)
+        check_request(token_ids, params, self.max_model_len, self.num_kvcache_blocks, self.config.kvcache_block_size)
         return Sequence(next(self._seq_ids), token_ids, params)
 
     def add_sequence(self, seq: Sequence) -> None:

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence as SequenceABC
 
 from tqdm.auto import tqdm
 
 from .config import EngineConfig
-from .engine import LLMEngine, Prompt
+from .engine import LLMEngine
+from .inputs import Prompt, normalize_batch
 from .sampling_params import SamplingParams
 from .sequence import Sequence
 
@@ -40,10 +40,12 @@ class LLM:
         sampling_params: SamplingParams | list[SamplingParams] | None = None,
         use_tqdm: bool = True,
     ) -> list[dict]:
-        """Generate a completion for each prompt (text, or a list of token ids).
+        """Generate a completion for each prompt: text, token ids (a list, or a 1-D
+        integer array or tensor) or a ``{"prompt": ...}`` / ``{"prompt_token_ids": ...}``
+        dict; one prompt or a list of them (see ``inputs.py``).
 
         Every prompt is validated before any runs, so one bad prompt raises
-        ValueError without starting work. Returns, in input order, dicts with
+        ValueError or TypeError without starting work. Returns, in input order, dicts with
         ``text``, ``token_ids``, ``prompt_token_ids``, ``finish_reason`` ("stop" or
         "length"), ``num_cached_tokens`` (prompt tokens served by the prefix cache),
         ``ttft`` (seconds from submission to the first token), ``itl`` (seconds
@@ -51,13 +53,7 @@ class LLM:
         token after the first; None for a one-token output). Summarize many with
         :func:`tutorial_engine.metrics.summarize_latency`.
         """
-        if isinstance(prompts, str) or (isinstance(prompts, SequenceABC) and prompts and isinstance(prompts[0], int)):
-            prompts = [prompts]
-        params = sampling_params if sampling_params is not None else SamplingParams()
-        if isinstance(params, SamplingParams):
-            params = [params] * len(prompts)
-        if len(params) != len(prompts):
-            raise ValueError(f"got {len(params)} sampling_params for {len(prompts)} prompts; pass one, or one per prompt.")
+        prompts, params = normalize_batch(prompts, sampling_params)
         seqs = [self.engine.make_sequence(p, sp) for p, sp in zip(prompts, params)]
         if not self._busy.acquire(blocking=False):
             raise RuntimeError("this LLM is already generating in another thread; an engine runs one loop at "

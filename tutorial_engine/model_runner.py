@@ -130,8 +130,9 @@ class ModelRunner:
         full = config.max_num_seqs * math.ceil(self.max_model_len / self.block_size)
         num_blocks = min(int(budget // per_block), full)
         if num_blocks < 1:
-            raise ValueError("no memory is left for the KV cache after loading the model; raise "
-                             "gpu_memory_utilization or use a smaller model / dtype.")
+            knob = "gpu_memory_utilization" if self.device.type == "cuda" else "cpu_kvcache_space_gib"
+            raise ValueError(f"no memory is left for the KV cache after loading the model; raise {knob} "
+                             "or use a smaller model / dtype.")
         return num_blocks
 
     def allocate_kv_cache(self, num_blocks: int) -> None:

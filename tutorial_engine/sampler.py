@@ -67,6 +67,6 @@ def apply_top_k_top_p(probs: torch.Tensor, top_k: list[int], top_p: list[float])
     ps = torch.tensor(top_p, device=probs.device, dtype=probs.dtype)
     rank = torch.arange(vocab, device=probs.device)[None, :]
     mass_before = sorted_probs.cumsum(dim=-1) - sorted_probs
-    keep = (rank < ks[:, None]) & (mass_before < ps[:, None])
+    keep = (rank < ks[:, None]) & ((mass_before < ps[:, None]) | (rank == 0))  # rank 0: even if p rounds to 0
     sorted_probs = sorted_probs * keep
     return torch.zeros_like(probs).scatter_(-1, order, sorted_probs)
