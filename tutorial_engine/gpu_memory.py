@@ -10,6 +10,7 @@ ever plan on a small temporary cache and read ``torch.cuda.max_memory_allocated`
 
 from __future__ import annotations
 
+import gc
 import math
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING
@@ -92,6 +93,8 @@ def profile_memory(runner: ModelRunner, max_model_len: int, bytes_per_block: int
         ValueError: when nothing is left for the KV cache.
     """
     config, device = runner.config, runner.device
+    gc.collect()  # engines dropped but not yet collected would still count as used memory
+    torch.cuda.empty_cache()
     seq_len = min(max_model_len, config.max_num_batched_tokens)
     num_seqs = max(1, min(config.max_num_seqs, config.max_num_batched_tokens // seq_len))
     prefill_blocks = num_seqs * math.ceil(seq_len / runner.block_size)

@@ -105,7 +105,7 @@ def test_kv_cache_sized_from_gpu_memory(tmp_path):
     llm = LLM(str(folder), load_format="dummy", max_model_len=4096, max_num_batched_tokens=4096,
               max_num_seqs=256, gpu_memory_utilization=utilization)
     engine = llm.engine
-    profile = engine.memory_profile
+    profile = engine.executor.runner.memory_profile
     per_block = engine.executor.runner.kv_cache[:, :, 0].numel() * engine.executor.runner.kv_cache.element_size()
     assert profile.kv_cache > 0 and profile.prefill_activations > 0 and profile.graph_reserve > 0
     assert engine.num_kvcache_blocks == profile.kv_cache // per_block  # below 256 full-length sequences
