@@ -6,15 +6,15 @@ import pytest
 import torch
 
 from tutorial_engine import LLM, SamplingParams
-from tutorial_engine.sampler import Sampler, apply_top_k_top_p
+from tutorial_engine.sampler import Sampler, SamplingBatch, apply_top_k_top_p
 
 
 def test_top_k_top_p_masks():
     probs = torch.tensor([[0.5, 0.3, 0.15, 0.05], [0.25, 0.25, 0.25, 0.25]])
-    kept = apply_top_k_top_p(probs, top_k=[2, -1], top_p=[1.0, 0.5])
+    kept = apply_top_k_top_p(probs, top_k=torch.tensor([2, 0]), top_p=torch.tensor([1.0, 0.5]))
     assert kept[0].tolist() == pytest.approx([0.5, 0.3, 0.0, 0.0])
     assert (kept[1] > 0).sum() == 2  # 0.25 + 0.25 reaches 0.5
-    only_best = apply_top_k_top_p(probs, top_k=[-1, -1], top_p=[0.01, 0.01])
+    only_best = apply_top_k_top_p(probs, top_k=torch.tensor([0, 0]), top_p=torch.tensor([0.01, 0.01]))
     assert (only_best > 0).sum(dim=-1).tolist() == [1, 1]
 
 
@@ -22,11 +22,11 @@ def test_sampling_frequencies_follow_temperature_scaled_softmax():
     logits = torch.log(torch.tensor([[0.6, 0.3, 0.1]])).repeat(20000, 1)
     sampler = Sampler(torch.device("cpu"), seed=0)
     params = [SamplingParams(temperature=1.0)] * logits.shape[0]
-    tokens = sampler(logits, list(range(logits.shape[0])), params)
+    tokens = sampler(logits, SamplingBatch.from_params(list(range(logits.shape[0])), params))
     freq = torch.bincount(tokens, minlength=3).float() / tokens.numel()
     assert freq.tolist() == pytest.approx([0.6, 0.3, 0.1], abs=0.015)
     sharp = [SamplingParams(temperature=0.25)] * logits.shape[0]
-    tokens = sampler(logits, list(range(logits.shape[0])), sharp)
+    tokens = sampler(logits, SamplingBatch.from_params(list(range(logits.shape[0])), sharp))
     expected = torch.softmax(torch.log(torch.tensor([0.6, 0.3, 0.1])) / 0.25, dim=0)
     freq = torch.bincount(tokens, minlength=3).float() / tokens.numel()
     assert freq.tolist() == pytest.approx(expected.tolist(), abs=0.015)
@@ -35,7 +35,8 @@ def test_sampling_frequencies_follow_temperature_scaled_softmax():
 def test_greedy_rows_take_argmax_in_a_mixed_batch():
     logits = torch.tensor([[0.0, 5.0, 1.0], [3.0, 0.0, 1.0]])
     sampler = Sampler(torch.device("cpu"), seed=0)
-    out = sampler(logits, [0, 1], [SamplingParams(temperature=0), SamplingParams(temperature=1.0, top_k=1)])
+    out = sampler(logits, SamplingBatch.from_params([0, 1], [SamplingParams(temperature=0),
+                                                            SamplingParams(temperature=1.0, top_k=1)]))
     assert out.tolist() == [1, 0]
 
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from tutorial_engine import LLM, SamplingParams
-from tutorial_engine.sampler import Sampler
+from tutorial_engine.sampler import Sampler, SamplingBatch
 
 
 @pytest.mark.parametrize(
@@ -90,4 +90,5 @@ def test_tiny_top_p_keeps_the_most_likely_token():
     keep none and sample token 0."""
     sampler = Sampler(torch.device("cpu"), seed=0)
     logits = torch.randn(3, 50, generator=torch.Generator().manual_seed(0))
-    assert sampler(logits, [0, 1, 2], [SamplingParams(top_p=1e-50)] * 3).tolist() == logits.argmax(-1).tolist()
+    batch = SamplingBatch.from_params([0, 1, 2], [SamplingParams(top_p=1e-50)] * 3)
+    assert sampler(logits, batch).tolist() == logits.argmax(-1).tolist()

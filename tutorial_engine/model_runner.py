@@ -11,6 +11,7 @@ inputs from them) and a copy to pinned host memory is on its way (:class:`StepRe
 
 from __future__ import annotations
 
+import gc
 import logging
 import math
 from dataclasses import dataclass
@@ -165,6 +166,7 @@ class ModelRunner:
         self.free_kv_cache()
         self.model = None
         self.previous_sampled = None
+        gc.collect()  # each weight's loader is a bound method of its layer: a reference cycle
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
 
@@ -223,7 +225,7 @@ class ModelRunner:
             if inputs.logits_indices.numel() != hidden.shape[0]:  # decode steps sample every row
                 hidden = hidden[inputs.logits_indices]
             logits = self.model.compute_logits(hidden)
-            sampled = self.sampler(logits, plan.sample_seq_ids, plan.sampling_params)
+            sampled = self.sampler(logits, plan.sampling)
         self.previous_sampled = sampled
         return StepResult.start_copy(sampled)
 

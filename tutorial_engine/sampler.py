@@ -1,19 +1,72 @@
-"""Turns the last-position logits of each sequence into its next token."""
+"""Turns the last-position logits of each sequence into its next token, on the device.
+
+The sampler never waits for the GPU: its per-row settings arrive as a plain-data
+:class:`SamplingBatch` (numpy, part of the step plan) and reach the device through
+asynchronous copies from pinned memory. A ``torch.tensor(python_list, device="cuda")``
+here would copy from pageable memory, which blocks the CPU until every kernel queued
+before it has run, and the CPU could no longer plan the next step while the GPU works
+(chapter 7).
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+import numpy as np
 import torch
 
 from .sampling_params import SamplingParams
 
 
+@dataclass
+class SamplingBatch:
+    """Sampling settings of the ``S`` rows a step samples, as arrays.
+
+    Attributes:
+        seq_ids: int64 ``[S]``, request ids (seeded requests own a generator).
+        temperatures: float32 ``[S]``; 0 marks a greedy row.
+        top_ks: int64 ``[S]``; 0 keeps every token.
+        top_ps: float32 ``[S]``; 1 keeps every token.
+        seeds: int64 ``[S]``; -1 marks a row without its own seed.
+    """
+
+    seq_ids: np.ndarray
+    temperatures: np.ndarray
+    top_ks: np.ndarray
+    top_ps: np.ndarray
+    seeds: np.ndarray
+
+    @classmethod
+    def from_params(cls, seq_ids: list[int], params: list[SamplingParams]) -> SamplingBatch:
+        return cls(
+            seq_ids=np.asarray(seq_ids, np.int64),
+            temperatures=np.fromiter((0.0 if p.greedy else p.temperature for p in params), np.float32, len(params)),
+            top_ks=np.fromiter((max(p.top_k, 0) for p in params), np.int64, len(params)),
+            top_ps=np.fromiter((p.top_p for p in params), np.float32, len(params)),
+            seeds=np.fromiter((-1 if p.seed is None else p.seed for p in params), np.int64, len(params)),
+        )
+
+    def __len__(self) -> int:
+        return len(self.seq_ids)
+
+    @property
+    def all_greedy(self) -> bool:
+        return not self.temperatures.any()
+
+    @property
+    def needs_top_k_top_p(self) -> bool:
+        random = self.temperatures > 0
+        return bool((self.top_ks[random] > 0).any() or (self.top_ps[random] < 1).any())
+
+
 class Sampler:
     """Greedy, temperature, top-k and top-p (nucleus) sampling for a batch.
 
-    Random rows draw Gumbel-style exponential noise: ``argmax(p / E)`` with
-    ``E ~ Exp(1)`` is an exact sample from ``p`` and needs no sort or cumsum.
-    A request with a ``seed`` owns a ``torch.Generator``, so its tokens do not
-    depend on what else shares the batch.
+    Random rows use the Gumbel-max trick: with ``E ~ Exp(1)`` per token,
+    ``argmax(p / E) = argmax(logits / T - log E)`` is an exact sample from
+    ``p = softmax(logits / T)`` and needs no sort or cumsum; only rows with top-k or
+    top-p pay for a sort. A request with a ``seed`` owns a ``torch.Generator``, so its
+    tokens do not depend on what else shares the batch.
     """
 
     def __init__(self, device: torch.device, seed: int) -> None:
@@ -30,43 +83,44 @@ class Sampler:
             self.request_generators[seq_id] = torch.Generator(device=self.device).manual_seed(seed)
         return self.request_generators[seq_id]
 
-    def __call__(self, logits: torch.Tensor, seq_ids: list[int], params: list[SamplingParams]) -> torch.Tensor:
-        """Args: ``logits`` float ``[n, vocab]``; one request id and SamplingParams per row.
-        Returns: int64 ``[n]`` token ids, on the logits' device (no sync with the host)."""
+    def _to_device(self, array: np.ndarray) -> torch.Tensor:
+        tensor = torch.from_numpy(array)
+        return tensor if self.device.type == "cpu" else tensor.pin_memory().to(self.device, non_blocking=True)
+
+    def __call__(self, logits: torch.Tensor, batch: SamplingBatch) -> torch.Tensor:
+        """Args: ``logits`` float ``[S, vocab]``, one row per entry of ``batch``.
+        Returns: int64 ``[S]`` token ids on the logits' device (no sync with the host)."""
         greedy = logits.argmax(dim=-1)
-        random_rows = [i for i, p in enumerate(params) if not p.greedy]
-        if not random_rows:
+        if batch.all_greedy:
             return greedy
-        rows = torch.tensor(random_rows, device=logits.device)
-        sub = logits[rows].float()
-        temperature = torch.tensor([params[i].temperature for i in random_rows], device=logits.device)
-        probs = apply_top_k_top_p(
-            torch.softmax(sub / temperature[:, None], dim=-1),
-            [params[i].top_k for i in random_rows],
-            [params[i].top_p for i in random_rows],
-        )
-        noise = torch.empty_like(probs).exponential_(generator=self.generator)
-        for r, i in enumerate(random_rows):  # seeded requests redraw from their own generator
-            if params[i].seed is not None:
-                noise[r].exponential_(generator=self._request_generator(seq_ids[i], params[i].seed))
-        greedy[rows] = (probs / noise).argmax(dim=-1)
-        return greedy
+        temperatures = self._to_device(np.where(batch.temperatures > 0, batch.temperatures, 1).astype(np.float32))
+        scaled = logits.float() / temperatures[:, None]
+        noise = torch.empty_like(scaled).exponential_(generator=self.generator)
+        for row in np.flatnonzero(batch.seeds >= 0):  # seeded requests redraw from their own generator
+            seq_id, seed = int(batch.seq_ids[row]), int(batch.seeds[row])
+            noise[row].exponential_(generator=self._request_generator(seq_id, seed))
+        if batch.needs_top_k_top_p:
+            probs = apply_top_k_top_p(torch.softmax(scaled, dim=-1), self._to_device(batch.top_ks),
+                                      self._to_device(batch.top_ps))
+            sampled = (probs / noise).argmax(dim=-1)
+        else:
+            sampled = (scaled - noise.log()).argmax(dim=-1)
+        if (batch.temperatures == 0).any():
+            sampled = torch.where(self._to_device(batch.temperatures == 0), greedy, sampled)
+        return sampled
 
 
-def apply_top_k_top_p(probs: torch.Tensor, top_k: list[int], top_p: list[float]) -> torch.Tensor:
+def apply_top_k_top_p(probs: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:
     """Zero out tokens outside each row's top-k and top-p set, ``[n, vocab]`` -> same.
 
-    top-k <= 0 keeps all tokens; top-p keeps the smallest high-probability set whose
-    mass reaches p (the most likely token always survives).
+    ``top_k`` int ``[n]`` (0 keeps all tokens), ``top_p`` float ``[n]``: the smallest
+    high-probability set whose mass reaches p (the most likely token always survives).
     """
-    if all(k <= 0 for k in top_k) and all(p >= 1 for p in top_p):
-        return probs
     sorted_probs, order = probs.sort(dim=-1, descending=True)
     vocab = probs.shape[-1]
-    ks = torch.tensor([k if k > 0 else vocab for k in top_k], device=probs.device)
-    ps = torch.tensor(top_p, device=probs.device, dtype=probs.dtype)
+    ks = torch.where(top_k > 0, top_k, vocab)
     rank = torch.arange(vocab, device=probs.device)[None, :]
     mass_before = sorted_probs.cumsum(dim=-1) - sorted_probs
-    keep = (rank < ks[:, None]) & ((mass_before < ps[:, None]) | (rank == 0))  # rank 0: even if p rounds to 0
-    sorted_probs = sorted_probs * keep
+    keep = (rank < ks[:, None]) & ((mass_before < top_p[:, None].to(probs.dtype)) | (rank == 0))
+    sorted_probs = sorted_probs * keep  # rank 0 is kept even if p rounds to 0
     return torch.zeros_like(probs).scatter_(-1, order, sorted_probs)

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .sampling_params import SamplingParams
+from .sampler import SamplingBatch
 from .scheduler import SchedulerOutput
 
 PLACEHOLDER = -1
@@ -44,8 +44,7 @@ class StepPlan:
         seq_lens: int32 ``[B]``, context length of each sequence after this step.
         block_tables: int32 ``[B, W]``, each sequence's pages, padded with 0.
         logits_indices: int64 ``[S]``, the rows of ``input_ids`` whose logits are sampled.
-        sample_seq_ids: the ``S`` sampling requests' ids (per-request random generators).
-        sampling_params: their :class:`SamplingParams`, in the same order.
+        sampling: the ``S`` sampling requests' ids and settings, in the same order.
         finished_seq_ids: requests that ended since the previous plan: the runner may
             drop any per-request state it keeps (seeded generators).
     """
@@ -59,8 +58,7 @@ class StepPlan:
     seq_lens: np.ndarray
     block_tables: np.ndarray
     logits_indices: np.ndarray
-    sample_seq_ids: list[int]
-    sampling_params: list[SamplingParams]
+    sampling: SamplingBatch
     finished_seq_ids: list[int] = field(default_factory=list)
 
     @property
@@ -124,7 +122,6 @@ def build_step_plan(out: SchedulerOutput, block_size: int, finished_seq_ids: lis
         seq_lens=seq_lens.astype(np.int32),
         block_tables=block_tables,
         logits_indices=query_start_loc[1:][samples] - 1,
-        sample_seq_ids=[seq.seq_id for seq in sampling],
-        sampling_params=[seq.sampling_params for seq in sampling],
+        sampling=SamplingBatch.from_params([seq.seq_id for seq in sampling], [seq.sampling_params for seq in sampling]),
         finished_seq_ids=list(finished_seq_ids or []),
     )

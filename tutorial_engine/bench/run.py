@@ -26,7 +26,7 @@ import torch
 
 from .workloads import WORKLOADS, Requests, make_requests
 
-PEERS = ("hf_generate", "hf_generate_batch")
+PEERS = ("hf_generate", "hf_generate_batch", "nanovllm")
 
 
 class StepProfiler:
@@ -320,6 +320,50 @@ def bench(args: argparse.Namespace, save=lambda result: None) -> dict:
     return result
 
 
+ENGINE_FLAGS = ("max_model_len", "max_num_seqs", "max_num_batched_tokens", "gpu_memory_utilization",
+                "attention_backend", "prefix_caching")
+
+
+def compare_with_nanovllm(args: argparse.Namespace, save) -> dict:
+    """Our engine and nano-vLLM in alternating processes on one checkpoint (see
+    :mod:`tutorial_engine.bench.nanovllm`), with the workload's roofline."""
+    import tempfile
+
+    from ..loader import decoder_spec, load_hf_config
+    from . import nanovllm
+    from .models import ARCHITECTURES
+    from .roofline import measure_ceilings, workload_roofline
+
+    path = args.nanovllm_path or nanovllm.DEFAULT_NANOVLLM
+    if not (path / "nanovllm").is_dir():
+        raise FileNotFoundError(f"{path} is not a nano-vLLM checkout; pass --nanovllm-path.")
+    flags = [f"--{name.replace('_', '-')}={getattr(args, name)}" for name in ENGINE_FLAGS
+             if getattr(args, name) is not None]
+    flags += [flag for flag, on in (("--enforce-eager", args.enforce_eager), ("--no-overlap", args.no_overlap),
+                                    ("--no-chunked-prefill", args.no_chunked_prefill)) if on]
+    requests = make_requests(args.workload)
+    with tempfile.TemporaryDirectory() as tmp:
+        model = Path(args.model) if args.model else nanovllm.write_random_checkpoint(
+            Path(tmp) / args.architecture, ARCHITECTURES[args.architecture])
+        spec = decoder_spec(load_hf_config(model))
+        result = {"name": args.name or f"{args.workload} vs nano-vLLM", "workload": dataclasses.asdict(requests.workload),
+                  "output_tokens": requests.num_output_tokens,
+                  "model": args.model or f"{args.architecture}, random bf16 weights (written by the benchmark)",
+                  "environment": environment(torch.device("cuda"))}
+        ceilings = measure_ceilings(torch.device("cuda"))
+        result["ceilings"] = ceilings.as_dict()
+        result["roofline"] = workload_roofline(spec, requests, 2, ceilings).as_dict()
+
+        def on_progress(comparison: dict) -> None:
+            result["comparison"] = comparison
+            if comparison.get("ours_summary"):
+                result["roofline_fraction"] = comparison["ours_summary"]["median"] / result["roofline"]["tok_s"]
+            save(result)
+
+        on_progress(nanovllm.compare(model, path, args.rounds, flags, on_progress))
+    return result
+
+
 def print_summary(result: dict) -> None:
     e = result["engine"]
     print(f"workload {result['name']}: {result['num_seqs']} seqs, {result['prompt_tokens']} prompt tokens, "
@@ -376,6 +420,9 @@ def add_bench_parser(subparsers) -> None:
     p.add_argument("--prefix-caching", default="none")
     p.add_argument("--device", default="auto")
     p.add_argument("--dtype", default="auto")
+    p.add_argument("--nanovllm-path", type=Path, default=None,
+                   help="nano-vLLM checkout for --peers nanovllm (default: ../shared/peers/nano-vllm)")
+    p.add_argument("--rounds", type=int, default=3, help="alternating rounds with --peers nanovllm")
     p.set_defaults(func=run_bench_command)
 
 
@@ -388,7 +435,13 @@ def run_bench_command(args: argparse.Namespace) -> int:
             Path(args.output).parent.mkdir(parents=True, exist_ok=True)
             Path(args.output).write_text(json.dumps(result, indent=1) + "\n")
 
-    bench(args, save)
+    if "nanovllm" in args.peers:
+        if args.peers != ["nanovllm"]:
+            raise ValueError("--peers nanovllm runs alone (each engine in its own process); run the "
+                             "transformers peers in a separate command.")
+        compare_with_nanovllm(args, save)
+    else:
+        bench(args, save)
     if args.output:
         print(f"  wrote {args.output}", file=sys.stderr)
     return 0
