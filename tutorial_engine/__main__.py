@@ -45,7 +45,7 @@ def run_generate(args: argparse.Namespace) -> int:
     llm = LLM(model, device=args.device, dtype=args.dtype, attention_backend=args.attention_backend)
     print(f"# model: {model}", file=sys.stderr)
     for prompt, out in zip(args.prompt, llm.generate(args.prompt, params, use_tqdm=False)):
-        print(prompt + out["text"])
+        print(prompt + out["text"])  # the text keeps its leading space: see detokenizer.py
     return 0
 
 
