@@ -34,7 +34,7 @@ from .async_engine import AsyncEngine, RequestStream
 from .errors import APIError, error_response, from_validation, install_error_handlers
 from .metrics import ServerMetrics
 from .middleware import APIKeyMiddleware, BodySizeLimitMiddleware
-from .protocol import ChatCompletionRequest, CompletionRequest, SamplingFields
+from .protocol import FIELD_NAMES, ChatCompletionRequest, CompletionRequest, SamplingFields
 
 DEFAULT_MAX_BODY_BYTES = 4 * 2**20  # a 40k-token prompt as JSON token ids is ~0.3 MiB
 
@@ -52,7 +52,7 @@ def build_app(engine: AsyncEngine, model_name: str, api_key: str | None = None,
         engine.shutdown()
 
     app = FastAPI(title="tutorial_engine", lifespan=lifespan)
-    install_error_handlers(app)
+    install_error_handlers(app, FIELD_NAMES)
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=max_body_bytes)
     if api_key:
         app.add_middleware(APIKeyMiddleware, api_key=api_key)

@@ -21,12 +21,13 @@ from starlette.exceptions import HTTPException
 from .async_engine import EngineDeadError, QueueFullError
 
 
-class APIError(Exception):
-    """An error response: ``status`` (4xx/5xx) and OpenAI's error fields."""
+class APIError(HTTPException):
+    """An error response: ``status`` (4xx/5xx) and OpenAI's error fields. An
+    HTTPException, so FastAPI passes it on unchanged also from inside its body parsing."""
 
     def __init__(self, status: int, message: str, param: str | None = None, type: str = "invalid_request_error",
                  code: str | None = None) -> None:
-        super().__init__(message)
+        super().__init__(status, message)
         self.status, self.message, self.param, self.type, self.code = status, message, param, type, code
 
     def response(self) -> JSONResponse:
@@ -47,35 +48,46 @@ def from_validation(err: TypeError | ValueError, fields: tuple[str, ...], defaul
     return APIError(400, str(err), param)
 
 
-def _field_path(loc: tuple) -> str | None:
+def _field_path(loc: tuple, fields: frozenset[str], keep_last: bool) -> str | None:
     """pydantic's error location as a field path: ("body", "messages", 0, "content")
-    -> "messages[0].content"."""
+    -> "messages[0].content". Parts that are not field names (pydantic names the
+    member of a union it tried, e.g. "list[int]") are dropped, except the last one
+    when ``keep_last`` (an unknown field's name)."""
+    parts = loc[1:] if loc and loc[0] == "body" else loc
     path = ""
-    for part in loc[1:] if loc and loc[0] == "body" else loc:
-        path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
+    for i, part in enumerate(parts):
+        if isinstance(part, int):
+            path += f"[{part}]"
+        elif part in fields or (keep_last and i == len(parts) - 1):
+            path += f".{part}" if path else str(part)
     return path or None
 
 
-async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+def _validation_handler(fields: frozenset[str]):
     """pydantic's refusals of a request body: malformed JSON, a missing field, a wrong
-    type, an unknown field. Reported one at a time, the first, like OpenAI."""
-    error = exc.errors()[0]
-    param = _field_path(tuple(error.get("loc", ())))
-    kind = error.get("type")
-    if kind == "json_invalid":
-        message = f"the request body is not valid JSON ({error.get('ctx', {}).get('error', 'parse error')})"
-        param = None
-    elif kind == "extra_forbidden":
-        message = f"unrecognized request argument supplied: {param}"
-    elif kind == "missing":
-        message = f"missing required field: {param}"
-    else:
-        message = f"{param}: {error.get('msg')} (got {str(error.get('input'))[:60]!r})"
-    return error_response(400, message, param)
+    type, an unknown field. The first is reported, as OpenAI reports one at a time."""
+
+    async def handler(request: Request, exc: RequestValidationError) -> JSONResponse:
+        error = exc.errors()[0]
+        kind = error.get("type")
+        param = _field_path(tuple(error.get("loc", ())), fields, keep_last=kind == "extra_forbidden")
+        if kind == "json_invalid":
+            message = f"the request body is not valid JSON ({error.get('ctx', {}).get('error', 'parse error')})"
+            param = None
+        elif kind == "extra_forbidden":
+            message = f"unrecognized request argument supplied: {param}"
+        elif kind == "missing":
+            message = f"missing required field: {param}"
+        else:
+            message = f"{param or 'body'}: {error.get('msg')} (got {str(error.get('input'))[:60]!r})"
+        return error_response(400, message, param)
+
+    return handler
 
 
-def install_error_handlers(app: FastAPI) -> None:
-    """Every error the app raises leaves as an OpenAI-style body."""
+def install_error_handlers(app: FastAPI, fields: frozenset[str]) -> None:
+    """Every error the app raises leaves as an OpenAI-style body; ``fields``: the
+    request bodies' field names, to name the one a validation error is about."""
 
     @app.exception_handler(APIError)
     async def api_error(request: Request, exc: APIError) -> JSONResponse:
@@ -93,4 +105,4 @@ def install_error_handlers(app: FastAPI) -> None:
     async def http_error(request: Request, exc: HTTPException) -> JSONResponse:  # 404, 405, ...
         return error_response(exc.status_code, str(exc.detail), code=str(exc.status_code))
 
-    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(RequestValidationError, _validation_handler(fields))
