@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .serving import add_serve_bench_parser
 from .workloads import WORKLOADS, Requests, make_requests
 
 PEERS = ("hf_generate", "hf_generate_batch")
@@ -377,6 +378,7 @@ def add_bench_parser(subparsers) -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--dtype", default="auto")
     p.set_defaults(func=run_bench_command)
+    add_serve_bench_parser(p.add_subparsers(dest="bench_mode", title="modes"))  # bench serve: online latency
 
 
 def run_bench_command(args: argparse.Namespace) -> int:

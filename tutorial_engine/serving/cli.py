@@ -53,6 +53,18 @@ def engine_options(args: argparse.Namespace) -> dict:
     return options
 
 
+def engine_argv(args: argparse.Namespace) -> list[str]:
+    """The engine flags of ``args`` as command-line words, to start a server with them."""
+    argv = ["--model", args.model] if args.model else []
+    for flag, _, _ in ENGINE_FLAGS:
+        value = getattr(args, flag[2:].replace("-", "_"))
+        if value is not None:
+            argv += [flag, str(value)]
+    switches = {"--enforce-eager": args.enforce_eager, "--no-chunked-prefill": args.no_chunked_prefill,
+                "--no-overlap": args.no_overlap}
+    return argv + [flag for flag, on in switches.items() if on]
+
+
 def add_serve_parser(subparsers) -> None:
     p = subparsers.add_parser("serve", help="serve the OpenAI completions and chat APIs over HTTP")
     add_engine_arguments(p)
