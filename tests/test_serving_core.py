@@ -112,3 +112,10 @@ def test_scheduling_policies(stories260k):
     assert admission_order(str(stories260k), "sjf") == [5, 5, 10, 20, 30]
     with pytest.raises(ValueError, match="scheduling_policy"):
         EngineConfig(model=str(stories260k), scheduling_policy="lifo")
+
+
+def test_stream_validates_at_the_call(stories):
+    with pytest.raises(ValueError, match="empty"):
+        stories.stream("", GREEDY)  # before any iteration
+    with pytest.raises(TypeError, match="SamplingParams"):
+        stories.stream("Once", {"max_tokens": 3})

@@ -70,9 +70,13 @@ class LLM:
         loop, or ``.close()``); closing early aborts the request and frees its pages.
 
         Raises:
-            TypeError, ValueError: a bad prompt or sampling_params (before anything runs).
+            TypeError, ValueError: a bad prompt or sampling_params, at the call (before
+                anything runs).
         """
         seq = self.engine.make_sequence(prompt, sampling_params or SamplingParams())
+        return self._stream(seq)
+
+    def _stream(self, seq: Sequence) -> Iterator[str]:
         with self._exclusive():
             processor = OutputProcessor(self.engine)
             processor.add(seq, stream=True)
