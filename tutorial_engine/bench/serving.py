@@ -32,11 +32,14 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import httpx
 import numpy as np
 
 from ..serving.cli import add_engine_arguments, engine_argv
+
+if TYPE_CHECKING:  # imported where used, so the command line runs without the serve extra
+    import httpx
 
 PERCENTILES = (50, 90, 99)
 
@@ -81,6 +84,8 @@ def arrival_times(num: int, rate: float, seed: int) -> np.ndarray:
 
 async def send(client: httpx.AsyncClient, model: str, prompt: list[int], max_tokens: int) -> RequestResult:
     """Stream one completion; note when each chunk arrives."""
+    import httpx
+
     body = {"model": model, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0, "ignore_eos": True,
             "stream": True, "stream_options": {"include_usage": True}}
     result = RequestResult(len(prompt))
@@ -114,6 +119,8 @@ async def send(client: httpx.AsyncClient, model: str, prompt: list[int], max_tok
 async def run_rate(url: str, model: str, requests: list[tuple[list[int], int]], rate: float, seed: int,
                    headers: dict) -> tuple[list[RequestResult], float]:
     """Send ``requests`` at ``rate``; returns their results and the run's duration."""
+    import httpx
+
     limits = httpx.Limits(max_connections=None, max_keepalive_connections=None)  # no client-side queueing
     async with httpx.AsyncClient(base_url=url, timeout=None, limits=limits, headers=headers) as client:
         start = time.perf_counter()
@@ -165,6 +172,8 @@ class LocalServer:
         self.startup_timeout = startup_timeout
 
     def __enter__(self) -> str:
+        import httpx
+
         deadline = time.monotonic() + self.startup_timeout
         while time.monotonic() < deadline and self.process.poll() is None:
             try:
@@ -187,6 +196,8 @@ class LocalServer:
 
 
 def served_model(url: str, headers: dict) -> str:
+    import httpx
+
     return httpx.get(f"{url}/v1/models", headers=headers, timeout=30).json()["data"][0]["id"]
 
 
