@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from .bench.run import add_bench_parser
+from .serving.cli import add_serve_parser
 
 DEFAULT_STORIES = Path(__file__).resolve().parents[1].parent / "shared" / "models" / "stories260K"
 
@@ -45,7 +46,7 @@ def run_generate(args: argparse.Namespace) -> int:
     llm = LLM(model, device=args.device, dtype=args.dtype, attention_backend=args.attention_backend)
     print(f"# model: {model}", file=sys.stderr)
     for prompt, out in zip(args.prompt, llm.generate(args.prompt, params, use_tqdm=False)):
-        print(prompt + out["text"])
+        print(prompt + out["text"])  # the text keeps its leading space: see detokenizer.py
     return 0
 
 
@@ -54,6 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     subparsers = parser.add_subparsers(dest="command", required=True)
     add_generate_parser(subparsers)
     add_bench_parser(subparsers)
+    add_serve_parser(subparsers)
     args = parser.parse_args(argv)
     try:
         return args.func(args)

@@ -13,11 +13,15 @@ from .checks import as_bool, as_float, as_int, show
 ATTENTION_BACKENDS = ("auto", "torch", "triton", "flash_attn")
 PREFIX_CACHING_MODES = ("none", "hash", "radix")
 LOAD_FORMATS = ("auto", "dummy")
+SCHEDULING_POLICIES = ("fcfs", "sjf")
 
 
 @dataclass
 class EngineConfig:
     """Everything ``LLM(model=..., **config)`` accepts.
+
+    ``scheduling_policy``: the order queued requests are admitted in: ``"fcfs"``
+    (first come, first served) or ``"sjf"`` (shortest prompt first; chapter 9).
 
     ``overlap_scheduling``: plan step N+1 while the GPU runs step N (chapter 7);
     ``None`` turns it on on a GPU and off on a CPU, where nothing runs concurrently.
@@ -55,6 +59,7 @@ class EngineConfig:
     dtype: str = "auto"
     seed: int = 0
     load_format: str = "auto"
+    scheduling_policy: str = "fcfs"
 
     def __post_init__(self) -> None:
         self._check_types()
@@ -74,6 +79,8 @@ class EngineConfig:
             (self.prefix_caching in PREFIX_CACHING_MODES,
              f"prefix_caching={self.prefix_caching!r} is unknown; choose one of {PREFIX_CACHING_MODES}"),
             (self.load_format in LOAD_FORMATS, f"load_format={self.load_format!r} is unknown; choose one of {LOAD_FORMATS}"),
+            (self.scheduling_policy in SCHEDULING_POLICIES,
+             f"scheduling_policy={self.scheduling_policy!r} is unknown; choose one of {SCHEDULING_POLICIES}"),
             (self.dtype in ("auto", "float32", "float16", "bfloat16"),
              f"dtype={self.dtype!r} is unknown; choose 'auto', 'float32', 'float16' or 'bfloat16'"),
         ]

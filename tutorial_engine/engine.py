@@ -71,7 +71,7 @@ class LLMEngine:
         num_blocks = self.executor.num_kv_blocks
         self.kv_cache = KVCacheManager(num_blocks, config.kvcache_block_size, config.prefix_caching)
         scheduler_config = SchedulerConfig(config.max_num_seqs, config.max_num_batched_tokens, self.max_model_len,
-                                           config.enable_chunked_prefill)
+                                           config.enable_chunked_prefill, config.scheduling_policy)
         self.scheduler = Scheduler(scheduler_config, self.kv_cache, self.eos_token_ids)
         self.metrics = Metrics()
         self.requests: dict[int, Sequence] = {}  # unfinished requests by id
@@ -120,12 +120,13 @@ class LLMEngine:
         self.requests[seq.seq_id] = seq
         self.scheduler.add(seq)
 
-    def abort(self, seq_id: int) -> None:
-        """End request ``seq_id`` now (``finish_reason="abort"``) and free its pages.
-        A step already launched with it still runs; its token is dropped."""
+    def abort(self, seq_id: int, reason: str = "abort") -> None:
+        """End request ``seq_id`` now and free its pages; ``reason`` becomes its
+        ``finish_reason`` ("stop" when a stop string ended it). Unknown or finished
+        ids are ignored. A step already launched with it still runs; its token is dropped."""
         seq = self.requests.pop(seq_id, None)
         if seq is not None:
-            self.scheduler.finish(seq, "abort")
+            self.scheduler.finish(seq, reason)
             self._finished_ids.append(seq_id)
 
     def has_unfinished(self) -> bool:

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from tqdm.auto import tqdm
 
 from .config import EngineConfig
 from .engine import LLMEngine
 from .inputs import Prompt, normalize_batch
+from .output_processor import OutputProcessor, RequestOutput
 from .sampling_params import SamplingParams
 from .sequence import Sequence
 
@@ -46,45 +49,85 @@ class LLM:
 
         Every prompt is validated before any runs, so one bad prompt raises
         ValueError or TypeError without starting work. Returns, in input order, dicts with
-        ``text``, ``token_ids``, ``prompt_token_ids``, ``finish_reason`` ("stop" or
-        "length"), ``num_cached_tokens`` (prompt tokens served by the prefix cache),
-        ``ttft`` (seconds from submission to the first token), ``itl`` (seconds
+        ``text``, ``token_ids``, ``prompt_token_ids``, ``finish_reason`` ("stop": EOS, a
+        stop token or a stop string, which is cut from the text; or "length"),
+        ``num_cached_tokens`` (prompt tokens served by the prefix cache), ``ttft`` (seconds from submission to the first token), ``itl`` (seconds
         between consecutive later tokens) and ``tpot`` (their mean, time per output
         token after the first; None for a one-token output). Summarize many with
         :func:`tutorial_engine.metrics.summarize_latency`.
         """
         prompts, params = normalize_batch(prompts, sampling_params)
         seqs = [self.engine.make_sequence(p, sp) for p, sp in zip(prompts, params)]
+        with self._exclusive():
+            outputs = self._run(seqs, use_tqdm)
+        return [self._output(seq, outputs[seq.seq_id]) for seq in seqs]
+
+    def stream(self, prompt: Prompt, sampling_params: SamplingParams | None = None) -> Iterator[str]:
+        """Generate a completion for one prompt, yielding its text piece by piece as
+        tokens arrive; the pieces join to the ``text`` that ``generate`` returns.
+
+        The engine is busy until the stream ends or is closed (``break`` out of the
+        loop, or ``.close()``); closing early aborts the request and frees its pages.
+
+        Raises:
+            TypeError, ValueError: a bad prompt or sampling_params, at the call (before
+                anything runs).
+        """
+        seq = self.engine.make_sequence(prompt, sampling_params or SamplingParams())
+        return self._stream(seq)
+
+    def _stream(self, seq: Sequence) -> Iterator[str]:
+        with self._exclusive():
+            processor = OutputProcessor(self.engine)
+            processor.add(seq, stream=True)
+            try:
+                while True:
+                    for out in processor.step():
+                        if out.text:
+                            yield out.text
+                        if out.finished:
+                            return
+            finally:
+                processor.abort(seq.seq_id)  # a no-op once finished
+
+    @contextmanager
+    def _exclusive(self) -> Iterator[None]:
         if not self._busy.acquire(blocking=False):
             raise RuntimeError("this LLM is already generating in another thread; an engine runs one loop at "
                                "a time: wait for that call, or give each thread its own LLM.")
         try:
-            self._run(seqs, use_tqdm)
+            yield
         finally:
             self._busy.release()
-        return [self._output(seq) for seq in seqs]
 
-    def _run(self, seqs: list[Sequence], use_tqdm: bool) -> None:
-        """Run the engine until ``seqs`` finish. On any exception (Ctrl-C included) the
-        call's unfinished requests are aborted, so the next call starts clean."""
+    def _run(self, seqs: list[Sequence], use_tqdm: bool) -> dict[int, RequestOutput]:
+        """Run the engine until ``seqs`` finish; returns their final outputs by id. On
+        any exception (Ctrl-C included) the call's unfinished requests are aborted, so
+        the next call starts clean."""
+        processor = OutputProcessor(self.engine)
         for seq in seqs:
-            self.engine.add_sequence(seq)
+            processor.add(seq, stream=False)
+        outputs = {}
         try:
             with tqdm(total=len(seqs), desc="Generating", disable=not use_tqdm, dynamic_ncols=True) as bar:
                 while self.engine.has_unfinished():
-                    bar.update(len(self.engine.step()))
+                    finished = processor.step()
+                    outputs.update((out.request_id, out) for out in finished)
+                    bar.update(len(finished))
         except BaseException:
             for seq in seqs:
                 self.engine.abort(seq.seq_id)
             raise
+        return outputs
 
-    def _output(self, seq: Sequence) -> dict:
+    @staticmethod
+    def _output(seq: Sequence, out: RequestOutput) -> dict:
         times = [seq.arrival_time, *seq.token_times]
         return {
-            "text": self.engine.decode(seq.output_token_ids),
+            "text": out.text,
             "token_ids": seq.output_token_ids,
             "prompt_token_ids": seq.prompt_token_ids,
-            "finish_reason": seq.finish_reason,
+            "finish_reason": out.finish_reason,
             "num_cached_tokens": seq.num_cached_tokens,
             "ttft": seq.first_token_time - seq.arrival_time,
             "itl": [b - a for a, b in zip(times[1:], times[2:])],

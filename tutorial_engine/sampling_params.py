@@ -33,6 +33,9 @@ class SamplingParams:
             list or tuple of ints >= 0, stored as a tuple.
         seed: per-request random seed, None or an int in [0, 2**63 - 1]; the same
             seed gives the same tokens whatever else is in the batch.
+        stop: strings that end generation when the text contains one (OpenAI's
+            ``stop``); the stop string and anything after it are not returned. A
+            non-empty str or a list or tuple of them, stored as a tuple.
 
     Integer fields accept numpy integers (converted to int); bools and floats are
     refused (``max_tokens=2.5`` is an error, not 3 tokens).
@@ -49,6 +52,7 @@ class SamplingParams:
     ignore_eos: bool = False
     stop_token_ids: tuple[int, ...] = ()
     seed: int | None = None
+    stop: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         temperature = as_float("temperature", self.temperature)
@@ -77,10 +81,23 @@ class SamplingParams:
         if seed is not None and not 0 <= seed <= MAX_SEED:
             raise ValueError(f"seed={seed} is outside [0, 2**63 - 1]; pass a smaller non-negative int, or None.")
         normalized = dict(temperature=temperature, top_p=top_p, top_k=top_k, max_tokens=max_tokens,
-                          ignore_eos=as_bool("ignore_eos", self.ignore_eos), stop_token_ids=stop_token_ids, seed=seed)
+                          ignore_eos=as_bool("ignore_eos", self.ignore_eos), stop_token_ids=stop_token_ids, seed=seed,
+                          stop=_stop_strings(self.stop))
         for name, value in normalized.items():
             object.__setattr__(self, name, value)  # the frozen dataclass's own way to set fields in __post_init__
 
     @property
     def greedy(self) -> bool:
         return self.temperature < SAMPLING_EPS
+
+
+def _stop_strings(stop: object) -> tuple[str, ...]:
+    """``stop`` as a tuple of non-empty strings (one str is a tuple of one)."""
+    if isinstance(stop, str):
+        stop = (stop,)
+    if not isinstance(stop, (list, tuple)) or not all(isinstance(s, str) for s in stop):
+        raise TypeError(f"stop={show(stop)} has type {type(stop).__name__}; pass a str or a list of str, "
+                        "e.g. stop=[\"\\n\\n\"].")
+    if any(not s for s in stop):
+        raise ValueError(f"stop={list(stop)} holds an empty string, which would match at once; drop it.")
+    return tuple(stop)

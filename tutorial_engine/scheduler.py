@@ -42,6 +42,7 @@ class SchedulerConfig:
     max_num_batched_tokens: int
     max_model_len: int
     enable_chunked_prefill: bool = True
+    policy: str = "fcfs"  # admission order: "fcfs" or "sjf" (shortest prompt first)
 
 
 @dataclass
@@ -97,6 +98,7 @@ class Scheduler:
         self.token_budget = config.max_num_batched_tokens
         self.chunked_prefill = config.enable_chunked_prefill
         self.max_model_len = config.max_model_len
+        self.policy = config.policy
         self.kv_cache = kv_cache
         self.eos_token_ids = eos_token_ids
         self.waiting: deque[Sequence] = deque()
@@ -151,12 +153,21 @@ class Scheduler:
         return seq.num_pending_tokens > 0 and (
             num_tokens - seq.num_prompt_tokens >= seq.sampling_params.max_tokens or num_tokens >= self.max_model_len)
 
+    def _next_waiting(self) -> Sequence:
+        """The queued request to admit next: the oldest (``fcfs``; a preempted request
+        is put back at the front), or the one with the fewest tokens to compute
+        (``sjf``, shortest job first, ties first come first served). SJF cuts the
+        mean wait when short and long prompts mix, at the risk of starving long ones."""
+        if self.policy == "sjf":
+            return min(self.waiting, key=lambda s: s.num_tokens)
+        return self.waiting[0]
+
     def _schedule_waiting(self, out: SchedulerOutput, budget: int) -> bool:
-        """Admit queued requests first-come first-served while budget, batch slots
-        and pages last. Returns True if any was admitted."""
+        """Admit queued requests, in the order of the scheduling policy, while budget,
+        batch slots and pages last. Returns True if any was admitted."""
         admitted = False
         while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs:
-            seq = self.waiting[0]
+            seq = self._next_waiting()
             if seq.num_pending_tokens:  # preempted with a token in flight: admit it once it arrived
                 break
             num_hit = self.kv_cache.match_prefix(seq)  # cached prefix pages: nothing to compute
@@ -170,7 +181,7 @@ class Scheduler:
                 out.stats.prefix_hit_tokens += num_hit
             if seq.num_preemptions == 0:
                 seq.num_cached_tokens = num_hit
-            self.waiting.popleft()
+            self.waiting.remove(seq)
             seq.status = SequenceStatus.RUNNING
             self.running.append(seq)
             out.scheduled.append(ScheduledSequence(seq, num_new))

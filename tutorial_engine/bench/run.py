@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .serving import add_serve_bench_parser
 from .workloads import WORKLOADS, Requests, make_requests
 
 PEERS = ("hf_generate", "hf_generate_batch", "nanovllm")
@@ -424,6 +425,7 @@ def add_bench_parser(subparsers) -> None:
                    help="nano-vLLM checkout for --peers nanovllm (default: ../shared/peers/nano-vllm)")
     p.add_argument("--rounds", type=int, default=3, help="alternating rounds with --peers nanovllm")
     p.set_defaults(func=run_bench_command)
+    add_serve_bench_parser(p.add_subparsers(dest="bench_mode", title="modes"))  # bench serve: online latency
 
 
 def run_bench_command(args: argparse.Namespace) -> int:

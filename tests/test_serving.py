@@ -1,0 +1,250 @@
+"""The HTTP server against the official ``openai`` client, on loopback.
+
+Servers run in a thread of the test process (``ServerThread``), so tests can look at
+the engine afterwards: no request left, every KV-cache page back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import time
+
+import httpx
+import openai
+import pytest
+
+from tutorial_engine import LLM, SamplingParams
+from tutorial_engine.config import EngineConfig
+from tutorial_engine.engine import LLMEngine
+from tutorial_engine.serving import AsyncEngine, ServerThread, build_app
+
+CHAT_TEMPLATE = ("{% for m in messages %}<s>{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+                 "{% if add_generation_prompt %}assistant:{% endif %}")
+PROMPTS = ["Once upon a time", "The little dog", "Lily and Ben went to the park", "One day, a cat"]
+
+
+def serve(model, api_key=None, max_queued_requests=None, max_body_bytes=2**20, **config):
+    engine = LLMEngine(EngineConfig(model=str(model), **config))
+    app = build_app(AsyncEngine(engine, max_queued_requests), "m", api_key, max_body_bytes)
+    return ServerThread(app), engine
+
+
+def wait_idle(engine, timeout=10.0):
+    """Wait until the engine thread has retired every request; then all pages are free."""
+    deadline = time.monotonic() + timeout
+    while engine.requests or engine.has_unfinished():
+        assert time.monotonic() < deadline, f"requests left: {list(engine.requests)}"
+        time.sleep(0.01)
+    assert engine.kv_cache.num_free_blocks == engine.num_kvcache_blocks
+
+
+@pytest.fixture(scope="module")
+def stories_server(stories260k):
+    server, engine = serve(stories260k, max_body_bytes=20_000)
+    with server as url:
+        yield url, engine
+
+
+@pytest.fixture(scope="module")
+def reference(stories260k):
+    with LLM(str(stories260k)) as llm:
+        yield llm
+
+
+@pytest.fixture(scope="module")
+def client(stories_server):
+    return openai.OpenAI(base_url=stories_server[0] + "/v1", api_key="unused", max_retries=0)
+
+
+@pytest.fixture(scope="module")
+def chat_model(tiny_checkpoints, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("chat") / "qwen3-chat"
+    shutil.copytree(tiny_checkpoints["qwen3"], folder)
+    config = json.loads((folder / "tokenizer_config.json").read_text())
+    (folder / "tokenizer_config.json").write_text(json.dumps({**config, "chat_template": CHAT_TEMPLATE}))
+    return folder
+
+
+def test_completions_equal_generate(client, reference):
+    params = SamplingParams(temperature=0, max_tokens=24)
+    expected = reference.generate(PROMPTS[:2], params, use_tqdm=False)
+    for prompt, want in zip(PROMPTS, expected):
+        got = client.completions.create(model="m", prompt=prompt, max_tokens=24, temperature=0)
+        assert got.choices[0].text == want["text"] and got.choices[0].finish_reason == "length"
+        assert got.usage.prompt_tokens == len(want["prompt_token_ids"]) and got.usage.completion_tokens == 24
+        chunks = list(client.completions.create(model="m", prompt=prompt, max_tokens=24, temperature=0,
+                                                stream=True, stream_options={"include_usage": True}))
+        assert "".join(c.choices[0].text for c in chunks if c.choices) == want["text"]
+        assert chunks[-2].choices[0].finish_reason == "length" and chunks[-1].usage.completion_tokens == 24
+    ids = client.completions.create(model="m", prompt=expected[0]["prompt_token_ids"], max_tokens=24, temperature=0)
+    assert ids.choices[0].text == expected[0]["text"]
+
+
+def test_stop_strings(client, reference):
+    want = reference.generate(PROMPTS[0], SamplingParams(temperature=0, max_tokens=40, stop=["Lily"]),
+                              use_tqdm=False)[0]
+    got = client.completions.create(model="m", prompt=PROMPTS[0], max_tokens=40, temperature=0, stop=["Lily"])
+    assert got.choices[0].text == want["text"] and "Lily" not in want["text"]
+    assert got.choices[0].finish_reason == "stop"
+    chunks = list(client.completions.create(model="m", prompt=PROMPTS[0], max_tokens=40, temperature=0,
+                                            stop="Lily", stream=True))
+    assert "".join(c.choices[0].text for c in chunks) == want["text"]
+    assert chunks[-1].choices[0].finish_reason == "stop"
+
+
+def test_aliases_health_models_metrics(stories_server, reference):
+    url, _ = stories_server
+    want = reference.generate(PROMPTS[1], SamplingParams(temperature=0, max_tokens=8), use_tqdm=False)[0]
+    body = {"prompt": PROMPTS[1], "max_tokens": 8, "temperature": 0}
+    assert httpx.post(f"{url}/generate", json=body).json()["choices"][0]["text"] == want["text"]
+    with httpx.stream("POST", f"{url}/generate_stream", json=body) as response:
+        lines = [line for line in response.iter_lines() if line]
+    assert lines[-1] == "data: [DONE]"
+    assert "".join(json.loads(line[6:])["choices"][0]["text"] for line in lines[:-1]) == want["text"]
+    assert httpx.get(f"{url}/health").status_code == 200
+    assert [m["id"] for m in httpx.get(f"{url}/v1/models").json()["data"]] == ["m"]
+    metrics = httpx.get(f"{url}/metrics").text
+    for name in ("num_requests_running", "num_requests_waiting", "kv_cache_usage_perc",
+                 "time_to_first_token_seconds_count", "time_per_output_token_seconds_count"):
+        assert f"tutorial_engine_{name}" in metrics
+
+
+def test_64_concurrent_streams(stories_server, reference):
+    url, engine = stories_server
+    prompts = [f"{PROMPTS[i % 4]} {'and ' * (i % 5)}".strip() for i in range(64)]
+    lengths = [4 + i % 9 for i in range(64)]
+    expected = reference.generate(prompts, [SamplingParams(temperature=0, max_tokens=n) for n in lengths],
+                                  use_tqdm=False)
+
+    async def one(client, prompt, n):
+        stream = await client.completions.create(model="m", prompt=prompt, max_tokens=n, temperature=0,
+                                                 stream=True)
+        return "".join([chunk.choices[0].text async for chunk in stream])
+
+    async def main():
+        async with openai.AsyncOpenAI(base_url=url + "/v1", api_key="unused", max_retries=0) as client:
+            return await asyncio.gather(*(one(client, p, n) for p, n in zip(prompts, lengths)))
+
+    texts = asyncio.run(main())
+    assert texts == [e["text"] for e in expected]
+    wait_idle(engine)
+
+
+def test_disconnects_free_pages(stories_server):
+    url, engine = stories_server
+    long = {"prompt": PROMPTS[0], "max_tokens": 400, "temperature": 0, "ignore_eos": True}
+    with httpx.stream("POST", f"{url}/v1/completions", json={**long, "stream": True}) as response:
+        lines = response.iter_lines()
+        assert next(lines).startswith("data: ")
+        [seq] = engine.requests.values()  # the one request, mid-generation
+    wait_idle(engine)  # closing the connection aborted it
+    assert seq.finish_reason == "abort" and seq.num_output_tokens < 400
+    with pytest.raises(httpx.ReadTimeout):  # the non-streaming route notices a disconnect too
+        httpx.post(f"{url}/v1/completions", json={**long, "max_tokens": 500}, timeout=httpx.Timeout(5, read=0.3))
+    wait_idle(engine)
+
+
+@pytest.mark.parametrize("path, body, param", [
+    ("/v1/completions", "{not json", None),
+    ("/v1/completions", [1, 2], None),
+    ("/v1/completions", {"max_tokens": 4}, "prompt"),
+    ("/v1/completions", {"prompt": 5}, "prompt"),
+    ("/v1/completions", {"prompt": ""}, "prompt"),
+    ("/v1/completions", {"prompt": [1, 99999]}, "prompt"),
+    ("/v1/completions", {"prompt": [1] * 600}, "prompt"),
+    ("/v1/completions", {"prompt": ["a", "b"]}, "prompt"),
+    ("/v1/completions", {"prompt": "a", "max_tokens": 600}, "max_tokens"),
+    ("/v1/completions", {"prompt": "a", "max_tokens": "4"}, "max_tokens"),
+    ("/v1/completions", {"prompt": "a", "max_tokens": 0}, "max_tokens"),
+    ("/v1/completions", {"prompt": "a", "temperature": -1}, "temperature"),
+    ("/v1/completions", {"prompt": "a", "top_p": 1.5}, "top_p"),
+    ("/v1/completions", {"prompt": "a", "top_k": True}, "top_k"),
+    ("/v1/completions", {"prompt": "a", "seed": -1}, "seed"),
+    ("/v1/completions", {"prompt": "a", "stop": [""]}, "stop"),
+    ("/v1/completions", {"prompt": "a", "stream": "yes"}, "stream"),
+    ("/v1/completions", {"prompt": "a", "n": 2}, "n"),
+    ("/v1/completions", {"prompt": "a", "best_of": 3}, "best_of"),
+    ("/v1/completions", {"prompt": "a", "logprobs": 2}, "logprobs"),
+    ("/v1/completions", {"prompt": "a", "echo": True}, "echo"),
+    ("/v1/completions", {"prompt": "a", "frequency_penalty": 0.5}, "frequency_penalty"),
+    ("/v1/completions", {"prompt": "a", "stream_options": {"include_usage": True}}, "stream_options"),
+    ("/v1/completions", {"prompt": "a", "unknown_field": 1}, "unknown_field"),
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}]}, "messages"),
+    ("/v1/chat/completions", {"messages": []}, "messages"),
+    ("/v1/chat/completions", {"messages": [{"role": "wizard", "content": "hi"}]}, "messages[0].role"),
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}], "tools": [{}]}, "tools"),
+])
+def test_bad_input_gets_400_and_the_server_goes_on(stories_server, client, path, body, param):
+    url, engine = stories_server
+    content = body if isinstance(body, str) else json.dumps(body)
+    response = httpx.post(url + path, content=content, headers={"content-type": "application/json"})
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"} and error["type"] == "invalid_request_error"
+    assert error["param"] == param and error["message"]
+    assert client.completions.create(model="m", prompt="Once", max_tokens=2).choices[0].text
+    wait_idle(engine)
+
+
+def test_other_refusals(stories_server, client):
+    url, _ = stories_server
+    too_big = httpx.post(f"{url}/v1/completions", json={"prompt": "a" * 30_000})
+    assert too_big.status_code == 413 and too_big.json()["error"]["code"] == "request_too_large"
+    chunked = httpx.post(f"{url}/v1/completions", content=iter([b'{"prompt": "', b"a" * 30_000, b'"}']))
+    assert chunked.status_code == 413
+    with pytest.raises(openai.NotFoundError):
+        client.completions.create(model="gpt-4", prompt="a", max_tokens=2)
+    assert httpx.get(f"{url}/v1/nothing").json()["error"]["code"] == "404"
+    assert client.completions.create(model="m", prompt="Once", max_tokens=2).choices[0].text
+
+
+def test_chat_through_the_template(chat_model):
+    server, engine = serve(chat_model)
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "The cache"}]
+    with LLM(str(chat_model)) as llm:
+        prompt = llm.tokenizer(llm.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True),
+                               add_special_tokens=False).input_ids
+        want = llm.generate([prompt], SamplingParams(temperature=0, max_tokens=12, ignore_eos=True),
+                            use_tqdm=False)[0]
+    with server as url:
+        client = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0)
+        got = client.chat.completions.create(model="m", messages=messages, max_tokens=12, temperature=0,
+                                             extra_body={"ignore_eos": True})
+        assert got.choices[0].message.content == want["text"] and got.choices[0].message.role == "assistant"
+        assert got.usage.prompt_tokens == len(prompt) == len(want["prompt_token_ids"]) and prompt[0] == 1
+        chunks = list(client.chat.completions.create(model="m", messages=messages, max_completion_tokens=12,
+                                                     temperature=0, stream=True, extra_body={"ignore_eos": True}))
+        assert chunks[0].choices[0].delta.role == "assistant"
+        assert "".join(c.choices[0].delta.content or "" for c in chunks) == want["text"]
+        assert chunks[-1].choices[0].finish_reason == "length"
+        wait_idle(engine)
+
+
+def test_api_key_is_enforced(stories260k):
+    server, _ = serve(stories260k, api_key="sesame")
+    with server as url:
+        with pytest.raises(openai.AuthenticationError):
+            openai.OpenAI(base_url=url + "/v1", api_key="wrong", max_retries=0).models.list()
+        assert httpx.post(f"{url}/v1/completions", json={"prompt": "a"}).status_code == 401
+        good = openai.OpenAI(base_url=url + "/v1", api_key="sesame", max_retries=0)
+        assert good.completions.create(model="m", prompt="Once", max_tokens=2).choices[0].text
+        assert httpx.get(f"{url}/health").status_code == 200  # probes need no key
+
+
+def test_queue_limit_answers_503(stories260k):
+    server, engine = serve(stories260k, max_queued_requests=2, max_num_seqs=1)
+    body = {"model": "m", "prompt": "Once", "max_tokens": 60, "ignore_eos": True}
+
+    async def main(url):
+        async with httpx.AsyncClient(base_url=url, timeout=60) as http:
+            return await asyncio.gather(*(http.post("/v1/completions", json=body) for _ in range(12)))
+
+    with server as url:
+        responses = asyncio.run(main(url))
+        codes = sorted(r.status_code for r in responses)
+        assert 503 in codes and codes.count(200) >= 2, codes  # at least the queue limit gets in
+        assert all(r.json()["error"]["code"] == "queue_full" for r in responses if r.status_code == 503)
+        assert all(r.json()["usage"]["completion_tokens"] == 60 for r in responses if r.status_code == 200)
+        wait_idle(engine)

@@ -1,0 +1,293 @@
+"""``python -m tutorial_engine bench serve``: latency under load, measured like vLLM's
+online benchmark (``vllm bench serve``, formerly ``benchmark_serving.py``).
+
+Offline throughput (``bench``) hands the engine every request at once. A server meets
+requests one by one, at random times, and its users feel the latency: time to first
+token (TTFT) and the pace of the rest. This benchmark starts the server (or targets
+``--url``), sends a seeded random workload at a fixed mean *request rate* with
+exponential gaps between arrivals (a Poisson process; ``inf`` sends all at once), reads
+every answer as a stream, and reports per rate, with vLLM's definitions:
+
+- TTFT: from sending a request to its first streamed chunk;
+- TPOT: per request, (latency - TTFT) / (output tokens - 1);
+- ITL: the gaps between consecutive chunks, pooled over requests;
+- E2EL: from sending to the last chunk;
+- throughput: completed requests, output tokens and all tokens per second of the run.
+
+``--policies fcfs,sjf`` starts one server per scheduling policy and runs every rate
+against each, so the two admission orders meet the same arrivals.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from ..serving.cli import add_engine_arguments, engine_argv
+
+if TYPE_CHECKING:  # imported where used, so the command line runs without the serve extra
+    import httpx
+
+PERCENTILES = (50, 90, 99)
+
+
+@dataclass(frozen=True)
+class ServingWorkload:
+    """Random prompts (token ids) and output lengths, drawn with ``seed`` (vLLM's
+    "random" dataset; ``ignore_eos`` makes every request produce its length).
+    ``input_len`` and ``output_len`` are inclusive ranges."""
+
+    num_prompts: int
+    input_len: tuple[int, int]
+    output_len: tuple[int, int]
+    max_token_id: int = 10000
+    seed: int = 0
+
+    def draw(self) -> list[tuple[list[int], int]]:
+        rng = np.random.default_rng(self.seed)
+        lengths = rng.integers(self.input_len[0], self.input_len[1], self.num_prompts, endpoint=True)
+        outputs = rng.integers(self.output_len[0], self.output_len[1], self.num_prompts, endpoint=True)
+        return [(rng.integers(0, self.max_token_id, n).tolist(), int(m)) for n, m in zip(lengths, outputs)]
+
+
+@dataclass
+class RequestResult:
+    """One request as the client saw it; times in seconds."""
+
+    prompt_len: int
+    output_len: int = 0
+    ttft: float = math.nan
+    latency: float = math.nan
+    itl: tuple[float, ...] = ()
+    error: str | None = None
+
+
+def arrival_times(num: int, rate: float, seed: int) -> np.ndarray:
+    """Send times (s from the start) of a Poisson process of ``rate`` requests/s."""
+    if math.isinf(rate):
+        return np.zeros(num)
+    return np.cumsum(np.random.default_rng(seed).exponential(1.0 / rate, num))
+
+
+async def send(client: httpx.AsyncClient, model: str, prompt: list[int], max_tokens: int) -> RequestResult:
+    """Stream one completion; note when each chunk arrives."""
+    import httpx
+
+    body = {"model": model, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0, "ignore_eos": True,
+            "stream": True, "stream_options": {"include_usage": True}}
+    result = RequestResult(len(prompt))
+    start = time.perf_counter()
+    chunk_times = []
+    try:
+        async with client.stream("POST", "/v1/completions", json=body) as response:
+            if response.status_code != 200:
+                result.error = f"HTTP {response.status_code}: {(await response.aread())[:200]!r}"
+                return result
+            async for line in response.aiter_lines():
+                if not line.startswith("data: ") or line == "data: [DONE]":
+                    continue
+                chunk = json.loads(line[6:])
+                if chunk.get("choices"):
+                    chunk_times.append(time.perf_counter())
+                elif chunk.get("usage"):
+                    result.output_len = chunk["usage"]["completion_tokens"]
+    except httpx.HTTPError as err:
+        result.error = f"{type(err).__name__}: {err}"
+        return result
+    if not chunk_times:
+        result.error = "no chunks"
+        return result
+    result.ttft = chunk_times[0] - start
+    result.latency = chunk_times[-1] - start
+    result.itl = tuple(np.diff(chunk_times).tolist())
+    return result
+
+
+async def run_rate(url: str, model: str, requests: list[tuple[list[int], int]], rate: float, seed: int,
+                   headers: dict) -> tuple[list[RequestResult], float]:
+    """Send ``requests`` at ``rate``; returns their results and the run's duration."""
+    import httpx
+
+    limits = httpx.Limits(max_connections=None, max_keepalive_connections=None)  # no client-side queueing
+    async with httpx.AsyncClient(base_url=url, timeout=None, limits=limits, headers=headers) as client:
+        start = time.perf_counter()
+        tasks = []
+        for (prompt, max_tokens), at in zip(requests, arrival_times(len(requests), rate, seed)):
+            await asyncio.sleep(max(0.0, start + at - time.perf_counter()))
+            tasks.append(asyncio.create_task(send(client, model, prompt, max_tokens)))
+        results = await asyncio.gather(*tasks)
+        return results, time.perf_counter() - start
+
+
+def summarize(results: list[RequestResult], duration: float) -> dict:
+    """vLLM's serving metrics: throughputs, and mean and percentiles of TTFT, TPOT,
+    ITL and E2EL in milliseconds."""
+    done = [r for r in results if r.error is None]
+    tpots = [(r.latency - r.ttft) / (r.output_len - 1) for r in done if r.output_len > 1]
+    samples = {"ttft": [r.ttft for r in done], "tpot": tpots, "itl": [g for r in done for g in r.itl],
+               "e2el": [r.latency for r in done]}
+    out = {
+        "completed": len(done), "failed": len(results) - len(done), "duration_s": duration,
+        "request_throughput": len(done) / duration,
+        "output_throughput": sum(r.output_len for r in done) / duration,
+        "total_token_throughput": sum(r.output_len + r.prompt_len for r in done) / duration,
+    }
+    for name, values in samples.items():
+        ms = 1e3 * np.asarray(values) if values else None
+        out[f"{name}_ms"] = {"mean": float(ms.mean()) if ms is not None else None,
+                             **{f"p{q}": float(np.percentile(ms, q)) if ms is not None else None for q in PERCENTILES}}
+    # Per request, for plots of TTFT against prompt length: [prompt_len, output_len, ttft_ms, e2el_ms].
+    out["requests"] = [[r.prompt_len, r.output_len, round(1e3 * r.ttft, 3), round(1e3 * r.latency, 3)]
+                       for r in done]
+    out["errors"] = sorted({r.error for r in results if r.error})[:5]
+    return out
+
+
+class LocalServer:
+    """``python -m tutorial_engine serve`` in a subprocess on a free loopback port;
+    its log goes to a temporary file, shown if it fails to come up."""
+
+    def __init__(self, argv: list[str], startup_timeout: float) -> None:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        self.url = f"http://127.0.0.1:{port}"
+        self.log = tempfile.NamedTemporaryFile("w+", suffix=".log", prefix="serve-", delete=False)
+        command = [sys.executable, "-m", "tutorial_engine", "serve", "--port", str(port), "--log-level", "warning",
+                   *argv]
+        self.process = subprocess.Popen(command, stdout=self.log, stderr=subprocess.STDOUT)
+        self.startup_timeout = startup_timeout
+
+    def __enter__(self) -> str:
+        import httpx
+
+        deadline = time.monotonic() + self.startup_timeout
+        while time.monotonic() < deadline and self.process.poll() is None:
+            try:
+                if httpx.get(f"{self.url}/health", timeout=1).status_code == 200:
+                    return self.url
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        self.__exit__()
+        raise RuntimeError(f"the server did not come up; its log:\n{Path(self.log.name).read_text()[-3000:]}")
+
+    def __exit__(self, *exc_info) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+        self.log.close()
+        os.unlink(self.log.name)
+
+
+def served_model(url: str, headers: dict) -> str:
+    import httpx
+
+    return httpx.get(f"{url}/v1/models", headers=headers, timeout=30).json()["data"][0]["id"]
+
+
+def bench_policy(url: str, label: str, args: argparse.Namespace, requests: list, headers: dict,
+                 on_run) -> None:
+    """Warm up, then every rate against the server at ``url``."""
+    model = served_model(url, headers)
+    asyncio.run(run_rate(url, model, requests[:2], math.inf, 0, headers))  # warm-up (compiles, graphs)
+    for rate in args.request_rates:
+        results, duration = asyncio.run(run_rate(url, model, requests, rate, args.seed, headers))
+        run = {"policy": label, "request_rate": rate if math.isfinite(rate) else "inf", **summarize(results, duration)}
+        print_run(run)
+        on_run(run)
+
+
+def print_run(run: dict) -> None:
+    t, p, i = run["ttft_ms"], run["tpot_ms"], run["itl_ms"]
+    if run["completed"] == 0:
+        print(f"  {run['policy']:5s} rate {run['request_rate']}: all {run['failed']} failed, e.g. {run['errors'][0]}")
+        return
+    print(f"  {run['policy']:5s} rate {str(run['request_rate']):>5s} req/s: {run['request_throughput']:6.2f} req/s, "
+          f"{run['output_throughput']:8.0f} out tok/s | TTFT p50 {t['p50']:7.1f} p99 {t['p99']:7.1f} ms | "
+          f"TPOT p50 {p['p50'] or 0:6.2f} ms | ITL p99 {i['p99'] or 0:6.2f} ms | failed {run['failed']}", flush=True)
+
+
+def run_serve_bench(args: argparse.Namespace) -> int:
+    from .models import architecture_folder
+    from .run import environment
+
+    import torch
+
+    workload = ServingWorkload(args.num_prompts, args.input_len, args.output_len, args.max_token_id, args.seed)
+    requests = workload.draw()
+    headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
+    if args.model is None and args.url is None:
+        args.model, args.load_format = str(architecture_folder(args.architecture)), "dummy"
+    result = {
+        "name": args.name, "model": args.url or args.model, "workload": asdict(workload),
+        "server": {"url": args.url, "argv": None if args.url else engine_argv(args)},
+        "environment": environment(torch.device("cuda" if torch.cuda.is_available() else "cpu")),
+        "runs": [],
+    }
+
+    def on_run(run: dict) -> None:
+        result["runs"].append(run)
+        if args.output:
+            Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.output).write_text(json.dumps(result, indent=1) + "\n")
+
+    print(f"serving benchmark: {workload.num_prompts} requests, prompts {workload.input_len}, "
+          f"outputs {workload.output_len} tokens, rates {args.request_rates}")
+    if args.url:
+        bench_policy(args.url, "server", args, requests, headers, on_run)
+    for policy in [] if args.url else args.policies:
+        argv = [*engine_argv(args), "--scheduling-policy", policy]
+        if args.api_key:
+            argv += ["--api-key", args.api_key]
+        with LocalServer(argv, args.startup_timeout) as url:
+            bench_policy(url, policy, args, requests, headers, on_run)
+    if args.output:
+        print(f"  wrote {args.output}", file=sys.stderr)
+    return 1 if any(run["failed"] for run in result["runs"]) else 0
+
+
+def _range(text: str) -> tuple[int, int]:
+    low, _, high = text.partition(":")
+    return int(low), int(high or low)
+
+
+def _rates(text: str) -> list[float]:
+    return [float(x) for x in text.split(",") if x]
+
+
+def add_serve_bench_parser(modes) -> None:
+    p = modes.add_parser("serve", help="latency against request rate through the HTTP server (vLLM's "
+                                       "benchmark_serving metrics)")
+    add_engine_arguments(p)
+    p.add_argument("--architecture", default="qwen3-0.6b", help="without --model: this shape, random weights")
+    p.add_argument("--url", default=None, help="benchmark a running server instead of starting one")
+    p.add_argument("--api-key", default=None)
+    p.add_argument("--policies", type=lambda s: [x for x in s.split(",") if x], default=["fcfs", "sjf"],
+                   help="scheduling policies to compare, one server each (default: fcfs,sjf)")
+    p.add_argument("--request-rates", type=_rates, default=[4, 8, 16, 32, math.inf],
+                   help="comma-separated mean request rates per second; inf sends all at once")
+    p.add_argument("--num-prompts", type=int, default=200)
+    p.add_argument("--input-len", type=_range, default=(16, 4096), help="prompt tokens, LOW:HIGH")
+    p.add_argument("--output-len", type=_range, default=(32, 512), help="output tokens, LOW:HIGH")
+    p.add_argument("--max-token-id", type=int, default=10000, help="prompt token ids are below this")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--startup-timeout", type=float, default=900.0)
+    p.add_argument("--name", default="serving")
+    p.add_argument("--output", default=None, help="write the result JSON here")
+    p.set_defaults(func=run_serve_bench)

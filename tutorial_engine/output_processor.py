@@ -1,0 +1,165 @@
+"""From engine steps to what a caller sees: text deltas, stop strings, finish reasons.
+
+The engine works in token ids. After each :meth:`LLMEngine.step` the processor looks
+at the requests it tracks and, for each that has new tokens, turns them into text
+(:class:`IncrementalDetokenizer`), ends the request when its text contains one of its
+stop strings (``SamplingParams.stop``, checked on text because a stop string may span
+tokens or cut one in half), and reports a :class:`RequestOutput`. vLLM's v1 engine
+splits its frontend the same way (an output processor beside the engine core).
+
+A request that streams or has stop strings is detokenized every step; any other is
+decoded once when it finishes, so offline ``generate`` pays no per-token cost.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .detokenizer import IncrementalDetokenizer, decode_output
+from .engine import LLMEngine
+from .sequence import Sequence
+
+
+@dataclass
+class RequestOutput:
+    """What one request produced since its previous output.
+
+    ``text`` and ``token_ids`` are the new piece (deltas); ``finish_reason`` is None
+    until the last output: then "stop" (EOS, a stop token or a stop string), "length"
+    or "abort". ``num_output_tokens`` counts all tokens generated so far. ``ttft``
+    (seconds from arrival to the first token) and ``tpot`` (mean seconds per token
+    after the first; None for one token) are set on the last output.
+    """
+
+    request_id: int
+    text: str
+    token_ids: list[int]
+    finish_reason: str | None
+    num_prompt_tokens: int
+    num_output_tokens: int
+    num_cached_tokens: int = 0
+    ttft: float | None = None
+    tpot: float | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.finish_reason is not None
+
+
+@dataclass
+class RequestState:
+    """The processor's view of one request: how many tokens it has reported, and the
+    text so far (held back by up to the longest stop string, which may be completing)."""
+
+    seq: Sequence
+    stream: bool
+    detokenizer: IncrementalDetokenizer | None
+    num_processed_tokens: int = 0  # output tokens detokenized (or seen) so far
+    num_reported_tokens: int = 0  # output tokens handed out in RequestOutputs
+    text: str = ""
+    num_sent_chars: int = 0
+    num_checked_chars: int = 0
+    finish_reason: str | None = None
+    hold_back: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        stops = self.seq.sampling_params.stop
+        self.hold_back = max(map(len, stops), default=1) - 1
+
+
+class OutputProcessor:
+    """Runs an engine's steps and reports each tracked request's progress.
+
+    Args:
+        engine: the engine whose requests are tracked; :meth:`step` calls its ``step``.
+    """
+
+    def __init__(self, engine: LLMEngine) -> None:
+        self.engine = engine
+        self.states: dict[int, RequestState] = {}
+
+    def add(self, seq: Sequence, stream: bool) -> None:
+        """Queue ``seq`` in the engine and track it; ``stream``: report every new piece
+        of text (else only the final output)."""
+        incremental = stream or bool(seq.sampling_params.stop)
+        detokenizer = IncrementalDetokenizer(self.engine.tokenizer, seq.prompt_token_ids) if incremental else None
+        self.states[seq.seq_id] = RequestState(seq, stream, detokenizer)
+        self.engine.add_sequence(seq)
+
+    def abort(self, seq_id: int) -> None:
+        """Stop ``seq_id`` now and forget it (its pages are freed at once)."""
+        self.engine.abort(seq_id)
+        self.states.pop(seq_id, None)
+
+    def step(self) -> list[RequestOutput]:
+        """One engine step; the outputs of requests that advanced or finished in it.
+
+        Raises whatever ``engine.step`` raises; the engine has then aborted the failed
+        step's requests, and :meth:`drop_finished` reports them.
+        """
+        self.engine.step()
+        outputs = []
+        for seq_id, state in list(self.states.items()):
+            output = self._process(state)
+            if output is not None:
+                outputs.append(output)
+            if state.finish_reason is not None:
+                del self.states[seq_id]
+        return outputs
+
+    def drop_finished(self) -> list[int]:
+        """Forget requests that ended outside :meth:`step` (after a failed step);
+        returns their ids."""
+        ended = [seq_id for seq_id, state in self.states.items() if state.seq.is_finished]
+        for seq_id in ended:
+            del self.states[seq_id]
+        return ended
+
+    def _process(self, state: RequestState) -> RequestOutput | None:
+        seq = state.seq
+        new_tokens = seq.token_ids[seq.num_prompt_tokens + state.num_processed_tokens:]
+        if not new_tokens and not seq.is_finished:
+            return None
+        state.num_processed_tokens += len(new_tokens)
+        if state.detokenizer is not None:
+            state.text += state.detokenizer.add(new_tokens)
+            if seq.is_finished:
+                state.text += state.detokenizer.flush()
+            self._check_stop_strings(state)
+        if seq.is_finished and state.finish_reason is None:
+            state.finish_reason = seq.finish_reason
+        if state.finish_reason is None and not state.stream:
+            return None  # not streaming: only the final output is reported
+        if state.detokenizer is None:  # finished, decoded once
+            state.text = decode_output(self.engine.tokenizer, seq.prompt_token_ids, seq.output_token_ids)
+        return self._output(state)
+
+    def _check_stop_strings(self, state: RequestState) -> None:
+        """End the request at the first stop string in its text; the text is cut there."""
+        stops = state.seq.sampling_params.stop
+        if not stops or state.finish_reason is not None:
+            return
+        start = max(0, state.num_checked_chars - state.hold_back)  # a match must end in the new text
+        state.num_checked_chars = len(state.text)
+        hits = [i for i in (state.text.find(s, start) for s in stops) if i >= 0]
+        if hits:
+            state.text = state.text[:min(hits)]
+            state.finish_reason = "stop"
+            self.engine.abort(state.seq.seq_id, reason="stop")
+
+    def _output(self, state: RequestState) -> RequestOutput:
+        seq = state.seq
+        start = seq.num_prompt_tokens + state.num_reported_tokens
+        new_tokens = seq.token_ids[start:seq.num_prompt_tokens + state.num_processed_tokens]
+        finished = state.finish_reason is not None
+        # While a stop string may be completing, keep the text that could be its start.
+        end = len(state.text) if finished else max(state.num_sent_chars, len(state.text) - state.hold_back)
+        text, state.num_sent_chars = state.text[state.num_sent_chars:end], end
+        state.num_reported_tokens = state.num_processed_tokens
+        output = RequestOutput(seq.seq_id, text, new_tokens, state.finish_reason, seq.num_prompt_tokens,
+                               state.num_reported_tokens, seq.num_cached_tokens)
+        if finished and seq.first_token_time is not None:
+            times = seq.token_times
+            output.ttft = seq.first_token_time - seq.arrival_time
+            output.tpot = (times[-1] - times[0]) / (len(times) - 1) if len(times) > 1 else None
+        return output

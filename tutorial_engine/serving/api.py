@@ -1,0 +1,263 @@
+"""The HTTP server: OpenAI's completions and chat completions APIs over one engine.
+
+Routes (the API reference: https://platform.openai.com/docs/api-reference):
+
+- ``POST /v1/completions``, ``POST /v1/chat/completions``: with ``"stream": true`` the
+  answer comes as server-sent events, one ``data: {chunk}`` line per piece of text
+  and a last ``data: [DONE]``; otherwise one JSON body. Both report ``usage``.
+- ``GET /v1/models``: the one model served. ``GET /health``: 200 while the engine
+  loop runs. ``GET /metrics``: Prometheus text.
+- ``POST /generate`` and ``POST /generate_stream``: the same as ``/v1/completions``
+  with ``stream`` false and true, for clients of the tutorial's simpler API.
+
+A handler validates and queues its request (:meth:`AsyncEngine.add_request`), then
+reads the request's outputs from its asyncio queue while the engine thread runs the
+batch. A client that goes away mid-answer has its request aborted at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from jinja2 import TemplateError
+
+from ..inputs import prompt_token_ids
+from ..output_processor import RequestOutput
+from .async_engine import AsyncEngine, RequestStream
+from .errors import APIError, error_response, from_validation, install_error_handlers
+from .metrics import ServerMetrics
+from .middleware import APIKeyMiddleware, BodySizeLimitMiddleware
+from .protocol import FIELD_NAMES, ChatCompletionRequest, CompletionRequest, SamplingFields
+
+DEFAULT_MAX_BODY_BYTES = 4 * 2**20  # a 40k-token prompt as JSON token ids is ~0.3 MiB
+
+
+def build_app(engine: AsyncEngine, model_name: str, api_key: str | None = None,
+              max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> FastAPI:
+    """The FastAPI app serving ``engine`` as model ``model_name``. The app's lifespan
+    starts the engine thread and shuts it down; ``api_key`` (if set) is required as a
+    Bearer token on ``/v1/...``; bodies over ``max_bytes`` get 413."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        engine.start()
+        yield
+        engine.shutdown()
+
+    app = FastAPI(title="tutorial_engine", lifespan=lifespan)
+    install_error_handlers(app, FIELD_NAMES)
+    app.add_middleware(BodySizeLimitMiddleware, max_bytes=max_body_bytes)
+    if api_key:
+        app.add_middleware(APIKeyMiddleware, api_key=api_key)
+    server = OpenAIServer(engine, model_name, ServerMetrics(engine))
+
+    @app.get("/health")
+    async def health() -> Response:
+        return Response(status_code=200 if engine.is_running else 503)
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        return Response(server.metrics.render(), media_type=server.metrics.content_type)
+
+    @app.get("/v1/models")
+    async def models() -> dict:
+        card = {"id": model_name, "object": "model", "created": server.created, "owned_by": "tutorial_engine",
+                "max_model_len": engine.engine.max_model_len}
+        return {"object": "list", "data": [card]}
+
+    @app.post("/v1/completions")
+    async def completions(body: CompletionRequest, request: Request) -> Response:
+        return await server.complete(body, request)
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
+        return await server.chat(body, request)
+
+    @app.post("/generate")
+    async def generate(body: CompletionRequest, request: Request) -> Response:
+        return await server.complete(body.model_copy(update={"stream": False}), request)
+
+    @app.post("/generate_stream")
+    async def generate_stream(body: CompletionRequest, request: Request) -> Response:
+        return await server.complete(body.model_copy(update={"stream": True}), request)
+
+    return app
+
+
+class OpenAIServer:
+    """Turns API requests into engine requests, and engine outputs into API responses."""
+
+    def __init__(self, engine: AsyncEngine, model_name: str, metrics: ServerMetrics) -> None:
+        self.engine = engine
+        self.model_name = model_name
+        self.metrics = metrics
+        self.created = int(time.time())
+
+    # -- requests -------------------------------------------------------------------------
+
+    async def complete(self, body: CompletionRequest, request: Request) -> Response:
+        self._check(body)
+        try:
+            token_ids = prompt_token_ids(body.single_prompt(), self.engine.engine.tokenizer,
+                                         self.engine.engine.spec.vocab_size)
+        except (TypeError, ValueError) as err:
+            raise APIError(400, str(err), "prompt") from err
+        max_tokens = body.max_tokens if body.max_tokens is not None else 16
+        return await self._serve(body, request, token_ids, max_tokens, "prompt", chat=False)
+
+    async def chat(self, body: ChatCompletionRequest, request: Request) -> Response:
+        self._check(body)
+        token_ids = self._render_chat(body)
+        max_tokens = body.requested_max_tokens()
+        if max_tokens is None:  # OpenAI: the reply may use the rest of the context
+            max_tokens = max(1, self.engine.engine.max_model_len - len(token_ids))
+        return await self._serve(body, request, token_ids, max_tokens, "messages", chat=True)
+
+    def _check(self, body: SamplingFields) -> None:
+        body.check_supported()
+        if body.model is not None and body.model != self.model_name:
+            raise APIError(404, f"model {body.model!r} is not served here; this server serves {self.model_name!r}.",
+                           "model", code="model_not_found")
+
+    def _render_chat(self, body: ChatCompletionRequest) -> list[int]:
+        """The conversation as prompt token ids, through the tokenizer's chat template
+        (which adds the special tokens itself, so none are added here)."""
+        tokenizer = self.engine.engine.tokenizer
+        if tokenizer is None or not getattr(tokenizer, "chat_template", None):
+            raise APIError(400, f"model {self.model_name!r} has no chat template (tokenizer_config.json has no "
+                           "'chat_template'), so it cannot take chat messages; use /v1/completions.", "messages")
+        messages = [m.as_template_input() for m in body.messages]
+        try:
+            text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        except TemplateError as err:  # e.g. a template that requires alternating roles
+            raise APIError(400, f"the chat template refused the messages: {err}", "messages") from err
+        return tokenizer(text, add_special_tokens=False).input_ids
+
+    async def _serve(self, body: SamplingFields, request: Request, token_ids: list[int], max_tokens: int,
+                     prompt_param: str, chat: bool) -> Response:
+        context = self.engine.engine.max_model_len
+        if len(token_ids) + max_tokens > context:
+            param = "max_tokens" if len(token_ids) < context else prompt_param
+            raise APIError(400, f"this model's context is {context} tokens; the {prompt_param} has "
+                           f"{len(token_ids)} tokens and max_tokens={max_tokens} would exceed it.", param)
+        params = body.sampling_params(max_tokens)
+        try:
+            stream = self.engine.add_request(token_ids, params)
+        except (TypeError, ValueError) as err:  # e.g. longer than the whole KV cache
+            raise from_validation(err, ("max_tokens",), prompt_param) from err
+        reply = Reply(self.model_name, chat, body.include_usage)
+        if body.stream:
+            return StreamingResponse(self._events(stream, reply), media_type="text/event-stream")
+        return await self._collect(stream, reply, request)
+
+    # -- responses ------------------------------------------------------------------------
+
+    async def _events(self, stream: RequestStream, reply: Reply) -> AsyncIterator[str]:
+        """Server-sent events: a chunk per output, the usage if asked, then [DONE]. If
+        the client disconnects, Starlette cancels this generator, and leaving the
+        ``async for`` aborts the request."""
+        try:
+            async for out in stream:
+                yield sse(reply.chunk(out))
+                if out.finished:
+                    self.metrics.observe(out)
+                    if reply.include_usage:
+                        yield sse(reply.usage_chunk(out))
+        except Exception as err:  # the engine failed this request's step
+            yield sse({"error": {"message": str(err), "type": "server_error", "param": None, "code": None}})
+        yield "data: [DONE]\n\n"
+
+    async def _collect(self, stream: RequestStream, reply: Reply, request: Request) -> Response:
+        """The whole answer as one response; abort if the client leaves before it."""
+
+        async def gather() -> tuple[str, RequestOutput]:
+            pieces, out = [], None
+            async for out in stream:
+                pieces.append(out.text)
+            return "".join(pieces), out
+
+        task = asyncio.ensure_future(gather())
+        watcher = asyncio.ensure_future(_wait_for_disconnect(request))
+        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        watcher.cancel()
+        if not task.done():
+            task.cancel()  # the client left: leaving gather's loop aborts the request
+            return Response(status_code=499)
+        try:
+            text, last = task.result()
+        except Exception as err:
+            return error_response(500, f"the engine failed this request: {err}", type="server_error")
+        self.metrics.observe(last)
+        return JSONResponse(reply.response(text, last))
+
+
+class Reply:
+    """The OpenAI JSON of one request's answer: whole, or as stream chunks."""
+
+    def __init__(self, model: str, chat: bool, include_usage: bool) -> None:
+        self.id = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}"
+        self.model = model
+        self.chat = chat
+        self.include_usage = include_usage
+        self.created = int(time.time())
+        self._sent_role = False
+
+    def _envelope(self, obj: str, choices: list) -> dict:
+        return {"id": self.id, "object": obj, "created": self.created, "model": self.model, "choices": choices}
+
+    def response(self, text: str, last: RequestOutput) -> dict:
+        if self.chat:
+            choice = {"index": 0, "message": {"role": "assistant", "content": text}}
+        else:
+            choice = {"index": 0, "text": text}
+        choice.update(logprobs=None, finish_reason=last.finish_reason)
+        body = self._envelope("chat.completion" if self.chat else "text_completion", [choice])
+        body["usage"] = usage(last)
+        return body
+
+    def chunk(self, out: RequestOutput) -> dict:
+        """One output as a stream chunk (the text may be "" while a multi-byte
+        character is incomplete, or for a model without a tokenizer)."""
+        if self.chat:
+            delta = {"content": out.text}
+            if not self._sent_role:
+                delta = {"role": "assistant", **delta}
+                self._sent_role = True
+            choice = {"index": 0, "delta": delta}
+        else:
+            choice = {"index": 0, "text": out.text}
+        choice.update(logprobs=None, finish_reason=out.finish_reason)
+        body = self._envelope("chat.completion.chunk" if self.chat else "text_completion", [choice])
+        if self.include_usage:
+            body["usage"] = None  # OpenAI: null on every chunk but the last
+        return body
+
+    def usage_chunk(self, last: RequestOutput) -> dict:
+        body = self._envelope("chat.completion.chunk" if self.chat else "text_completion", [])
+        body["usage"] = usage(last)
+        return body
+
+
+def usage(last: RequestOutput) -> dict:
+    return {"prompt_tokens": last.num_prompt_tokens, "completion_tokens": last.num_output_tokens,
+            "total_tokens": last.num_prompt_tokens + last.num_output_tokens,
+            "prompt_tokens_details": {"cached_tokens": last.num_cached_tokens}}
+
+
+def sse(data: dict) -> str:
+    """One server-sent event (https://html.spec.whatwg.org/multipage/server-sent-events.html)."""
+    return f"data: {json.dumps(data, ensure_ascii=False)}\n\n"
+
+
+async def _wait_for_disconnect(request: Request) -> None:
+    """Return when the client closes the connection (the body was read already, so
+    the next ASGI message is the disconnect)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass

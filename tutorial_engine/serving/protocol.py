@@ -1,0 +1,145 @@
+"""The request bodies of OpenAI's completions and chat completions APIs, as pydantic
+models, and their translation into the engine's prompt and :class:`SamplingParams`.
+
+Field names and defaults follow the OpenAI API reference
+(https://platform.openai.com/docs/api-reference/completions/create and
+.../chat/create). pydantic checks the JSON's *shape* (strict types: ``"0.5"`` is not a
+number, ``true`` not an int; unknown fields are refused); the engine checks the
+*values* (``SamplingParams``, ``inputs.py``), so each rule is written once. Like vLLM,
+the bodies also take ``top_k``, ``ignore_eos`` and ``stop_token_ids``.
+
+Fields of the API this engine does not implement are declared too, so that a request
+using one gets a 400 naming it rather than a silently different answer.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from ..sampling_params import SamplingParams
+from .errors import APIError, from_validation
+
+SAMPLING_FIELDS = ("temperature", "top_p", "top_k", "max_tokens", "ignore_eos", "stop_token_ids", "seed", "stop")
+
+# Unsupported fields and the values that mean "not used" (those are accepted).
+UNSUPPORTED = {
+    "n": (None, 1), "best_of": (None, 1), "logprobs": (None, False, 0), "top_logprobs": (None, 0),
+    "echo": (None, False), "suffix": (None,), "logit_bias": (None, {}),
+    "presence_penalty": (None, 0), "frequency_penalty": (None, 0),
+    "tools": (None, []), "tool_choice": (None, "none"), "functions": (None, []), "function_call": (None, "none"),
+    "parallel_tool_calls": (None,), "response_format": (None, {"type": "text"}),
+}
+
+
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    include_usage: bool = False
+
+
+class SamplingFields(BaseModel):
+    """The fields both APIs share: sampling, stopping, streaming."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    model: str | None = None
+    max_tokens: int | None = None
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = -1
+    seed: int | None = None
+    stop: str | list[str] | None = None
+    stop_token_ids: list[int] = Field(default_factory=list)
+    ignore_eos: bool = False
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    user: str | None = None  # an end-user id for abuse monitoring; nothing to do here
+    # Declared only to be refused by ``check_supported`` when used:
+    n: Any = None
+    best_of: Any = None
+    logprobs: Any = None
+    top_logprobs: Any = None
+    echo: Any = None
+    suffix: Any = None
+    logit_bias: Any = None
+    presence_penalty: Any = None
+    frequency_penalty: Any = None
+    tools: Any = None
+    tool_choice: Any = None
+    functions: Any = None
+    function_call: Any = None
+    parallel_tool_calls: Any = None
+    response_format: Any = None
+
+    def check_supported(self) -> None:
+        """Raises APIError(400) naming the first field used that is not implemented."""
+        for name, unused in UNSUPPORTED.items():
+            value = getattr(self, name)
+            if not any(value == u and isinstance(value, bool) == isinstance(u, bool) for u in unused):
+                raise APIError(400, f"{name}={value!r} is not supported by this server; leave it out.", name)
+        if self.stream_options is not None and not self.stream:
+            raise APIError(400, "stream_options is only allowed with stream=true.", "stream_options")
+
+    def sampling_params(self, max_tokens: int) -> SamplingParams:
+        """The engine's SamplingParams; its checks become 400s naming the field."""
+        try:
+            return SamplingParams(temperature=self.temperature, top_p=self.top_p, top_k=self.top_k,
+                                  max_tokens=max_tokens, ignore_eos=self.ignore_eos, seed=self.seed,
+                                  stop_token_ids=self.stop_token_ids, stop=self.stop or ())
+        except (TypeError, ValueError) as err:
+            raise from_validation(err, SAMPLING_FIELDS, None) from err
+
+    @property
+    def include_usage(self) -> bool:
+        return self.stream_options is not None and self.stream_options.include_usage
+
+
+class CompletionRequest(SamplingFields):
+    """``POST /v1/completions``: one prompt, as text or token ids. (OpenAI also takes a
+    list of prompts; send one request per prompt instead.)"""
+
+    prompt: str | list[int] | list[str] | list[list[int]]
+    max_tokens: int | None = 16  # OpenAI's default for completions
+
+    def single_prompt(self) -> str | list[int]:
+        """The one prompt (a list of one prompt is unwrapped). Raises APIError(400)."""
+        prompt = self.prompt
+        if isinstance(prompt, list) and prompt and isinstance(prompt[0], (str, list)):
+            if len(prompt) != 1:
+                raise APIError(400, f"prompt holds {len(prompt)} prompts; send one prompt per request.", "prompt")
+            prompt = prompt[0]
+        return prompt
+
+
+class TextPart(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    type: Literal["text"]
+    text: str
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    role: Literal["system", "developer", "user", "assistant"]
+    content: str | list[TextPart]
+    name: str | None = None
+
+    def as_template_input(self) -> dict:
+        """The message as a chat template expects it: role and plain-text content."""
+        content = self.content if isinstance(self.content, str) else "".join(p.text for p in self.content)
+        return {"role": self.role, "content": content}
+
+
+class ChatCompletionRequest(SamplingFields):
+    """``POST /v1/chat/completions``: a conversation, rendered to a prompt by the
+    model's chat template. Without ``max_tokens`` the reply may fill the context."""
+
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_completion_tokens: int | None = None  # OpenAI's newer name for max_tokens
+
+    def requested_max_tokens(self) -> int | None:
+        return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
+
+
+FIELD_NAMES = frozenset(name for model in (CompletionRequest, ChatCompletionRequest, ChatMessage, TextPart, StreamOptions)
+                        for name in model.model_fields)
