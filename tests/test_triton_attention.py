@@ -147,7 +147,7 @@ def test_backend_resolution(monkeypatch):
 
 def test_flash_attn_backend_skips_without_the_package():
     pytest.importorskip("flash_attn", reason="flash-attn is not installed (a CUDA-only build): its backend is untested here")
-    assert get_attention_backend("auto", torch.device("cuda")).name == "flash_attn"
+    assert get_attention_backend("auto", torch.device("cuda"), 256, torch.bfloat16).name == "flash_attn"
 
 
 def test_engine_greedy_tokens_identical_with_triton_backend(tiny_checkpoints):

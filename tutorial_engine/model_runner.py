@@ -96,7 +96,7 @@ class ModelRunner:
         self.block_size = config.kvcache_block_size
         self.max_model_len = max_model_len
         self.model = build_model(spec, config, device, dtype)
-        self.backend = get_attention_backend(config.attention_backend, device)
+        self.backend = get_attention_backend(config.attention_backend, device, config.kvcache_block_size, dtype)
         for layer in self.model.attention_layers():
             layer.backend = self.backend
         self.sampler = Sampler(device, config.seed)

@@ -89,8 +89,32 @@ def test_decode_split_counts_agree(num_splits):
 
 def test_flash_attn_backend_when_installed():
     pytest.importorskip("flash_attn", reason="flash-attn is not installed on this machine: its backend is untested")
-    for block_size in (256, 16):  # 16: the backend hands the step to Triton
-        check_backend("flash_attn", [1, 300, 1], [4000, 900, 20], 16, 8, 128, block_size, seed=3)
+    check_backend("flash_attn", [1, 300, 1], [4000, 900, 20], 16, 8, 128, 256, seed=3)
+    cuda = torch.device("cuda")
+    assert get_attention_backend("auto", cuda, 256, torch.bfloat16).name == "flash_attn"
+    assert get_attention_backend("auto", cuda, 16, torch.bfloat16).name == "triton"  # pages too small for FA2
+    assert get_attention_backend("auto", cuda, 256, torch.float32).name == "triton"  # FA2 has no float32
+    with pytest.raises(ValueError, match="kvcache_block_size=256"):
+        get_attention_backend("flash_attn", cuda, 16, torch.bfloat16)
+
+
+def test_flash_attn_engine_matches_triton_bf16(tiny_qwen3):
+    """Through the engine (CUDA graphs, chunked prefill, pages of 256): the
+    flash_attn backend's greedy tokens equal the Triton backend's in bfloat16 on
+    most rows (bf16 rounding may flip a near-tie), and its graphs are captured."""
+    pytest.importorskip("flash_attn", reason="flash-attn is not installed on this machine")
+    rng = random.Random(2)
+    prompts = [[rng.randrange(3, 400) for _ in range(rng.randint(1, 300))] for _ in range(8)]
+    params = SamplingParams(temperature=0.0, max_tokens=40, ignore_eos=True)
+    outs = {}
+    for backend in ("flash_attn", "triton"):
+        with LLM(tiny_qwen3, attention_backend=backend, dtype="bfloat16", kvcache_block_size=256,
+                 max_num_batched_tokens=128, num_kvcache_blocks=64) as llm:
+            assert llm.engine.executor.runner.backend.name == backend
+            assert llm.engine.executor.runner.graphs is not None
+            outs[backend] = [o["token_ids"] for o in llm.generate(prompts, params, use_tqdm=False)]
+    same = sum(a[:8] == b[:8] for a, b in zip(outs["flash_attn"], outs["triton"]))
+    assert same >= 6, (outs["flash_attn"], outs["triton"])
 
 
 @pytest.fixture(scope="module")

@@ -48,19 +48,32 @@ def _load(name: str) -> AttentionBackend:
     return AttentionBackend(name, module.store_kvcache, module.paged_attention, supports_cuda_graphs=True)
 
 
-def get_attention_backend(name: str, device: torch.device) -> AttentionBackend:
+def flash_attn_unusable_reason(block_size: int, dtype: torch.dtype) -> str | None:
+    """Why FlashAttention-2 cannot run this cache, or None: it takes float16/bfloat16
+    only, and reads a paged cache only in pages of a multiple of 256 tokens."""
+    if dtype not in (torch.float16, torch.bfloat16):
+        return f"FlashAttention-2 takes float16 or bfloat16, not {dtype}"
+    if block_size % 256:
+        return f"FlashAttention-2 reads pages of a multiple of 256 tokens, not kvcache_block_size={block_size}"
+    return None
+
+
+def get_attention_backend(name: str, device: torch.device, block_size: int = 256,
+                          dtype: torch.dtype = torch.bfloat16) -> AttentionBackend:
     """Resolve ``attention_backend``: ``torch``, ``triton``, ``flash_attn`` or ``auto``.
 
-    ``auto`` is the fastest available on ``device``: ``flash_attn`` (if importable) >
-    ``triton`` on a CUDA GPU; ``torch`` on a CPU (the Triton interpreter is far slower).
+    ``auto`` is the fastest backend that will really run on ``device`` for pages of
+    ``block_size`` tokens in ``dtype``: ``flash_attn`` (if importable and the cache
+    suits it) > ``triton`` on a CUDA GPU; ``torch`` on a CPU (the Triton interpreter
+    is far slower).
 
     Raises:
-        ValueError: when the named backend cannot run on ``device``, saying what is missing.
+        ValueError: when the named backend cannot run, saying what is missing and the fix.
     """
     if name == "auto":
         if device.type != "cuda":
             return TORCH_BACKEND
-        if _installed("flash_attn"):
+        if _installed("flash_attn") and flash_attn_unusable_reason(block_size, dtype) is None:
             return _load("flash_attn")
         return _load("triton") if _installed("triton") else TORCH_BACKEND
     if name == "torch":
@@ -79,8 +92,13 @@ def get_attention_backend(name: str, device: torch.device) -> AttentionBackend:
                 f"attention_backend='flash_attn' cannot run on {device}: it needs a CUDA GPU with the `flash-attn` "
                 "and `triton` packages installed; use 'triton', 'torch' or 'auto'."
             )
+        reason = flash_attn_unusable_reason(block_size, dtype)
+        if reason is not None:
+            raise ValueError(f"attention_backend='flash_attn' cannot run this cache: {reason}; set "
+                             "kvcache_block_size=256 and dtype='bfloat16', or use 'triton' or 'auto'.")
         return _load("flash_attn")
     raise ValueError(f"attention_backend={name!r} is unknown; use 'auto', 'torch', 'triton' or 'flash_attn'.")
 
 
-__all__ = ["AttentionBackend", "AttentionMetadata", "TORCH_BACKEND", "get_attention_backend"]
+__all__ = ["AttentionBackend", "AttentionMetadata", "TORCH_BACKEND", "flash_attn_unusable_reason",
+           "get_attention_backend"]

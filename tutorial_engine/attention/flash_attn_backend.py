@@ -4,9 +4,9 @@ Used when the ``flash-attn`` package is importable (it is a CUDA build, absent f
 CPU machines). Decode steps call ``flash_attn_with_kvcache`` with the block table;
 other steps call ``flash_attn_varlen_func`` with the block table, whose causal mask is
 aligned to the end of each sequence, as the cached-prefix case needs. FlashAttention-2
-reads paged K/V only with pages of a multiple of 256 tokens (its docstring), so with
-any other ``kvcache_block_size`` this backend hands the step to the Triton kernels
-(use ``kvcache_block_size=256`` to get FlashAttention). K/V stores use the Triton kernel.
+reads paged K/V only with pages of a multiple of 256 tokens (its docstring) and only in
+float16/bfloat16, which :func:`~tutorial_engine.attention.get_attention_backend` checks
+before choosing it. K/V stores use the Triton kernel.
 """
 
 from __future__ import annotations
@@ -15,19 +15,13 @@ import torch
 import torch.nn.functional as F
 from flash_attn import flash_attn_varlen_func, flash_attn_with_kvcache
 
-from . import triton_backend
 from .metadata import AttentionMetadata
 from .triton_store import store_kvcache
-
-PAGE_MULTIPLE = 256
-
 
 def paged_attention(
     query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, meta: AttentionMetadata, scale: float
 ) -> torch.Tensor:
     """Same contract as :func:`tutorial_engine.attention.torch_backend.paged_attention`."""
-    if k_cache.shape[1] % PAGE_MULTIPLE:
-        return triton_backend.paged_attention(query, k_cache, v_cache, meta, scale)
     if meta.is_decode_only:
         out = flash_attn_with_kvcache(query.unsqueeze(1), k_cache, v_cache, cache_seqlens=meta.seq_lens,
                                       block_table=meta.block_tables, softmax_scale=scale, causal=True)
@@ -38,4 +32,4 @@ def paged_attention(
                                   softmax_scale=scale, causal=True, block_table=meta.block_tables)
 
 
-__all__ = ["PAGE_MULTIPLE", "paged_attention", "store_kvcache"]
+__all__ = ["paged_attention", "store_kvcache"]

@@ -43,16 +43,23 @@ def timed_run(llm, requests: Requests) -> dict:
     return {"time_s": elapsed, "output_tok_s": requests.num_output_tokens / elapsed, "steps": profiler.summary()}
 
 
-def gpu_busy_share(llm, requests: Requests) -> dict:
+def gpu_busy_share(llm, requests: Requests, top: int = 25) -> dict:
     """Run ``requests`` under the CUDA profiler; the share of the wall time in which
-    any kernel or copy ran (union of intervals, so nothing is counted twice)."""
+    any kernel or copy ran (union of intervals, so nothing is counted twice), and the
+    ``top`` kernels by total time (where the GPU's time goes)."""
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
         start = time.perf_counter()
         llm.generate(requests.prompts, requests.sampling_params(), use_tqdm=False)
         torch.cuda.synchronize()
         wall = time.perf_counter() - start
-    spans = sorted((e.start_ns(), e.start_ns() + e.duration_ns()) for e in prof.profiler.kineto_results.events()
-                   if e.device_type() == torch.autograd.DeviceType.CUDA)
+    events = [e for e in prof.profiler.kineto_results.events() if e.device_type() == torch.autograd.DeviceType.CUDA]
+    spans = sorted((e.start_ns(), e.start_ns() + e.duration_ns()) for e in events)
+    by_kernel: dict[str, list[int]] = {}
+    for e in events:
+        entry = by_kernel.setdefault(e.name()[:80], [0, 0])
+        entry[0] += e.duration_ns()
+        entry[1] += 1
+    kernels = sorted(by_kernel.items(), key=lambda kv: -kv[1][0])[:top]
     busy, end = 0, None
     for s, e in spans:
         if end is None or s > end:
@@ -61,7 +68,8 @@ def gpu_busy_share(llm, requests: Requests) -> dict:
         elif e > end:
             busy += e - end
             end = e
-    return {"wall_s": wall, "gpu_busy_s": busy / 1e9, "gpu_busy_share": busy / 1e9 / wall, "num_gpu_events": len(spans)}
+    return {"wall_s": wall, "gpu_busy_s": busy / 1e9, "gpu_busy_share": busy / 1e9 / wall, "num_gpu_events": len(spans),
+            "top_kernels": [{"name": name, "total_s": ns / 1e9, "calls": calls} for name, (ns, calls) in kernels]}
 
 
 @contextlib.contextmanager
@@ -141,6 +149,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="alternating off/on rounds")
     parser.add_argument("--num-seqs", type=int, default=None, help="first N requests of the workload")
     parser.add_argument("--small", action="store_true", help="a tiny model on a CPU: a quick check")
+    parser.add_argument("--parts", default="rounds,busy,timeline",
+                        help="what to measure: rounds (throughput, off/on), busy (GPU busy share and top "
+                             "kernels), timeline (CPU/GPU spans of a few steps)")
     args = parser.parse_args()
     if not args.small and not torch.cuda.is_available():
         raise SystemExit("overlap needs a CUDA GPU (or --small); the book plots the committed JSON instead.")
@@ -162,7 +173,8 @@ def main() -> None:
         result["attention_backend"] = engine.executor.runner.backend.name
         result["cuda_graphs"] = engine.executor.runner.graphs is not None
         llm.generate([list(range(1, 17))], SamplingParams(max_tokens=16), use_tqdm=False)  # warm-up, as bench.py
-        for _ in range(args.rounds):
+        parts = args.parts.split(",")
+        for _ in range(args.rounds if "rounds" in parts else 0):
             for mode in ("off", "on"):
                 engine.overlap_scheduling = mode == "on"
                 run = timed_run(llm, requests)
@@ -173,20 +185,23 @@ def main() -> None:
                       f"{s['decode_prepare_ms']:.2f} + update {s['decode_update_ms']:.2f}; waiting "
                       f"{s['decode_wait_ms']:.2f} ms)", flush=True)
                 write_json(result, args.out)
-        medians = {mode: statistics.median(r["output_tok_s"] for r in runs) for mode, runs in result["rounds"].items()}
-        result["median_output_tok_s"] = medians
-        result["speedup_on_vs_off"] = medians["on"] / medians["off"]
-        print(f"median: off {medians['off']:,.0f}, on {medians['on']:,.0f} tok/s: {result['speedup_on_vs_off']:.3f}x")
+        if "rounds" in parts:
+            medians = {mode: statistics.median(r["output_tok_s"] for r in runs) for mode, runs in result["rounds"].items()}
+            result["median_output_tok_s"] = medians
+            result["speedup_on_vs_off"] = medians["on"] / medians["off"]
+            print(f"median: off {medians['off']:,.0f}, on {medians['on']:,.0f} tok/s: {result['speedup_on_vs_off']:.3f}x")
         if engine.device.type == "cuda":
             result["gpu_busy"], result["timeline"] = {}, {}
-            for mode in ("off", "on"):
+            for mode in ("off", "on") if "busy" in parts else ():
                 engine.overlap_scheduling = mode == "on"
                 result["gpu_busy"][mode] = gpu_busy_share(llm, requests)
-                print(f"overlap {mode}: GPU busy {100 * result['gpu_busy'][mode]['gpu_busy_share']:.1f}% of the wall",
-                      flush=True)
+                busy = result["gpu_busy"][mode]
+                print(f"overlap {mode}: GPU busy {100 * busy['gpu_busy_share']:.1f}% of the wall; top kernels:", flush=True)
+                for kernel in busy["top_kernels"][:12]:
+                    print(f"    {kernel['total_s']:7.3f} s {kernel['calls']:8d}x  {kernel['name']}", flush=True)
                 write_json(result, args.out)
             small = Requests(requests.workload, requests.prompts[:64], [64] * 64)  # ~70 steps: enough for a window
-            for mode in ("off", "on"):
+            for mode in ("off", "on") if "timeline" in parts else ():
                 engine.overlap_scheduling = mode == "on"
                 result["timeline"][mode] = timeline(llm, small)
             write_json(result, args.out)
