@@ -182,8 +182,9 @@ class LocalServer:
             except httpx.HTTPError:
                 pass
             time.sleep(0.5)
+        log = Path(self.log.name).read_text()[-3000:]
         self.__exit__()
-        raise RuntimeError(f"the server did not come up; its log:\n{Path(self.log.name).read_text()[-3000:]}")
+        raise RuntimeError(f"the server did not come up; its log:\n{log}")
 
     def __exit__(self, *exc_info) -> None:
         self.process.terminate()
