@@ -113,11 +113,11 @@ class TensorParallelExecutor:
                 if num_blocks != self.num_kv_blocks:
                     raise RuntimeError(f"rank {rank} allocated {num_blocks} KV blocks, rank 0 {self.num_kv_blocks}")
         except BaseException as err:
+            cause = self._worker_failures()
             self._fail(f"start-up failed ({type(err).__name__}: {err})")
-            report = self._worker_report()
-            if report is None or isinstance(err, KeyboardInterrupt):
+            if cause is None or isinstance(err, KeyboardInterrupt):
                 raise
-            raise RuntimeError(f"tensor-parallel start-up failed; {report}") from err
+            raise RuntimeError(f"tensor-parallel start-up failed: {cause}") from err
 
     @property
     def num_kv_blocks(self) -> int:
@@ -155,11 +155,11 @@ class TensorParallelExecutor:
                 worker.conn.send_bytes(message)
             return self.runner.execute(plan)
         except BaseException as err:
+            cause = self._worker_failures()
             self._fail(f"a step failed ({type(err).__name__}: {err})")
-            report = self._worker_report()
-            if report is None or isinstance(err, KeyboardInterrupt):
+            if cause is None or isinstance(err, KeyboardInterrupt):
                 raise
-            raise RuntimeError(f"a tensor-parallel step failed; {report}") from err
+            raise RuntimeError(f"a tensor-parallel step failed: {cause}") from err
 
     def _check_running(self) -> None:
         if self._stopped is None:
@@ -178,19 +178,23 @@ class TensorParallelExecutor:
             stop_workers(self.workers, 0.0, self._threads)
         self.runner = None
 
-    def _worker_report(self) -> str | None:
-        """The tracebacks workers sent before they exited, if any: the real cause when
-        rank 0's own error is only a collective that lost its peer."""
-        reports = []
+    def _worker_failures(self) -> str | None:
+        """Which workers died, with the tracebacks they sent before exiting, or None:
+        the real cause when rank 0's own error is a collective that lost its peer."""
+        failures = []
         for worker in self.workers:
+            report = None
             try:
                 while worker.conn.poll():
                     kind, value = worker.conn.recv()
-                    if kind == "error":
-                        reports.append(f"rank {worker.rank}:\n{value}")
+                    report = value if kind == "error" else report
             except (EOFError, OSError):
-                continue
-        return "the failing worker reported:\n" + "\n".join(reports) if reports else None
+                pass
+            if report is not None:
+                failures.append(f"rank {worker.rank} failed; it reported:\n{report}")
+            elif not worker.process.is_alive():
+                failures.append(f"rank {worker.rank} died ({_exit_status(worker)})")
+        return "\n".join(failures) or None
 
     def shutdown(self) -> None:
         """Free rank 0's device memory, stop the workers and leave the process group."""
