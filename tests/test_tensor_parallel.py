@@ -184,7 +184,7 @@ def test_shutdown_and_del_leave_no_process(stories260k):
     assert len(multiprocessing.active_children()) == 1
     llm.shutdown()
     assert_gone(pids)
-    with pytest.raises(RuntimeError, match="stopped: it was shut down"):
+    with pytest.raises(RuntimeError, match=r"stopped \(it was shut down\)"):
         llm.generate(STORY_PROMPTS, PARAMS, use_tqdm=False)
 
     llm = LLM(stories260k, tensor_parallel_size=2)  # the process group was left: a new one can start
@@ -213,7 +213,7 @@ def test_failed_step_stops_every_rank(stories260k, error):
     with pytest.raises(type(error)):
         llm.generate(STORY_PROMPTS, PARAMS, use_tqdm=False)
     assert_gone(pids)
-    with pytest.raises(RuntimeError, match="stopped: a step failed.*create a new LLM"):
+    with pytest.raises(RuntimeError, match=r"stopped \(a step failed.*create a new LLM"):
         llm.generate(STORY_PROMPTS, PARAMS, use_tqdm=False)
     llm.shutdown()
 

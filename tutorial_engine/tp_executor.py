@@ -114,7 +114,8 @@ class TensorParallelExecutor:
                     raise RuntimeError(f"rank {rank} allocated {num_blocks} KV blocks, rank 0 {self.num_kv_blocks}")
         except BaseException as err:
             cause = self._worker_failures()
-            self._fail(f"start-up failed ({type(err).__name__}: {err})")
+            reason = cause or f"{type(err).__name__}: {err}"
+            self._fail(f"start-up failed ({reason})")
             if cause is None or isinstance(err, KeyboardInterrupt):
                 raise
             raise RuntimeError(f"tensor-parallel start-up failed: {cause}") from err
@@ -124,9 +125,9 @@ class TensorParallelExecutor:
         return self.runner.num_kv_blocks
 
     def _wait_for(self, expected: str) -> list:
-        """Each worker's next message, which must be ``(expected, value)``; returns the
-        values. Watches the processes meanwhile, so a worker that dies is an error,
-        not a wait."""
+        """The value of each worker's next message, ``(expected, value)``; any other
+        message is the worker's error report. Watches the processes meanwhile, so a
+        worker that dies is an error, not a wait."""
         deadline = time.monotonic() + COLLECTIVE_TIMEOUT.total_seconds()
         values = []
         for worker in self.workers:
@@ -136,7 +137,7 @@ class TensorParallelExecutor:
                                        " (a script that starts an LLM needs `if __name__ == \"__main__\":`, "
                                        "since workers re-import it)")
             kind, value = worker.conn.recv()
-            if kind == "error":
+            if kind != expected:
                 raise RuntimeError(f"tensor-parallel rank {worker.rank} failed to start:\n{value}")
             values.append(value)
         return values
@@ -156,7 +157,8 @@ class TensorParallelExecutor:
             return self.runner.execute(plan)
         except BaseException as err:
             cause = self._worker_failures()
-            self._fail(f"a step failed ({type(err).__name__}: {err})")
+            reason = cause or f"{type(err).__name__}: {err}"
+            self._fail(f"a step failed ({reason})")
             if cause is None or isinstance(err, KeyboardInterrupt):
                 raise
             raise RuntimeError(f"a tensor-parallel step failed: {cause}") from err
@@ -168,8 +170,7 @@ class TensorParallelExecutor:
                 reason = f"tensor-parallel rank {dead.rank} died ({_exit_status(dead)})"
                 self._fail(reason)
         if self._stopped is not None:
-            raise RuntimeError(f"the tensor-parallel executor is stopped: {self._stopped}. Its ranks cannot "
-                               "continue in step; create a new LLM.")
+            raise RuntimeError(f"the tensor-parallel executor is stopped ({self._stopped}); create a new LLM.")
 
     def _fail(self, reason: str) -> None:
         """Stop every rank now (no grace: ranks may be stuck in a collective)."""
