@@ -233,7 +233,8 @@ class ModelRunner:
         self.previous_sampled = sampled
         return StepResult.start_copy(sampled)
 
-    def sample(self, hidden: torch.Tensor, logits_indices: torch.Tensor, plan: StepPlan) -> torch.Tensor:
+    def sample(self, hidden: torch.Tensor, logits_indices: torch.Tensor,
+               plan: StepPlan) -> torch.Tensor:
         """The next token of each sampling row: int64 ``[S]``, identical on every rank.
 
         With tensor parallelism rank 0 alone samples (it gathered the logits) and

@@ -47,11 +47,13 @@ class ColumnParallelLinear(nn.Module):
         super().__init__()
         self.tp_rank, self.tp_size = get_tp_rank(), get_tp_size()
         self.output_size_per_rank = _divide(output_size, self.tp_size, "output_size")
-        self.weight = nn.Parameter(torch.empty(self.output_size_per_rank, input_size), requires_grad=False)
+        self.weight = nn.Parameter(torch.empty(self.output_size_per_rank, input_size),
+                                   requires_grad=False)
         self.weight.weight_loader = self.weight_loader
         self.bias = None
         if bias:
-            self.bias = nn.Parameter(torch.empty(self.output_size_per_rank), requires_grad=False)
+            self.bias = nn.Parameter(torch.empty(self.output_size_per_rank),
+                                     requires_grad=False)
             self.bias.weight_loader = self.weight_loader
 
     def weight_loader(self, param: nn.Parameter, loaded: torch.Tensor) -> None:
@@ -89,25 +91,31 @@ class QKVParallelLinear(ColumnParallelLinear):
     query heads ``[r * num_heads / tp, (r + 1) * num_heads / tp)``.
     """
 
-    def __init__(self, hidden_size: int, head_dim: int, num_heads: int, num_kv_heads: int, bias: bool = False) -> None:
+    def __init__(self, hidden_size: int, head_dim: int, num_heads: int,
+                 num_kv_heads: int, bias: bool = False) -> None:
         tp = get_tp_size()
         self.head_dim = head_dim
         self.num_heads = _divide(num_heads, tp, "num_attention_heads")
         if num_kv_heads >= tp:
-            self.num_kv_heads, self.kv_replicas = _divide(num_kv_heads, tp, "num_key_value_heads"), 1
+            self.num_kv_heads = _divide(num_kv_heads, tp, "num_key_value_heads")
+            self.kv_replicas = 1
         else:
-            self.num_kv_heads, self.kv_replicas = 1, _divide(tp, num_kv_heads, "tensor_parallel_size (KV replicas)")
+            self.num_kv_heads = 1
+            self.kv_replicas = _divide(tp, num_kv_heads, "tensor_parallel_size")
         total = (self.num_heads + 2 * self.num_kv_heads) * head_dim * tp
         super().__init__(hidden_size, total, bias)
 
-    def weight_loader(self, param: nn.Parameter, loaded: torch.Tensor, shard_id: str = "q") -> None:
-        q_size, kv_size = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
+    def weight_loader(self, param: nn.Parameter, loaded: torch.Tensor,
+                      shard_id: str = "q") -> None:
+        q_size = self.num_heads * self.head_dim
+        kv_size = self.num_kv_heads * self.head_dim
         if shard_id == "q":
             offset, size, rank = 0, q_size, self.tp_rank
         else:
             offset = q_size if shard_id == "k" else q_size + kv_size
             size, rank = kv_size, self.tp_rank // self.kv_replicas
-        param.data.narrow(0, offset, size).copy_(loaded[rank * size : (rank + 1) * size])
+        shard = loaded[rank * size : (rank + 1) * size]
+        param.data.narrow(0, offset, size).copy_(shard)
 
 
 class RowParallelLinear(nn.Module):
@@ -118,7 +126,8 @@ class RowParallelLinear(nn.Module):
         super().__init__()
         self.tp_rank, self.tp_size = get_tp_rank(), get_tp_size()
         self.input_size_per_rank = _divide(input_size, self.tp_size, "input_size")
-        self.weight = nn.Parameter(torch.empty(output_size, self.input_size_per_rank), requires_grad=False)
+        self.weight = nn.Parameter(torch.empty(output_size, self.input_size_per_rank),
+                                   requires_grad=False)
         self.weight.weight_loader = self.weight_loader
         self.bias = None
         if bias:
