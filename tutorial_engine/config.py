@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 from .checks import as_bool, as_float, as_int, show
+from .distributed import check_devices
 
 ATTENTION_BACKENDS = ("auto", "torch", "triton", "flash_attn")
 PREFIX_CACHING_MODES = ("none", "hash", "radix")
@@ -34,10 +35,13 @@ class EngineConfig:
     floats are refused), float fields finite numbers, switches real bools (``"no"`` is
     not False), ``device`` one of 'auto', 'cpu', 'cuda', 'cuda:N' that this machine has.
 
+    ``tensor_parallel_size``: split the model over this many processes (chapter 8), on
+    consecutive GPUs from ``device`` (which must all exist), or all on the CPU (gloo).
+
     Raises:
         TypeError: a field of the wrong type, naming the field and the type it needs.
-        ValueError: for out-of-range values, or a device this machine lacks, naming
-            the value and the fix.
+        ValueError: for out-of-range values, or a device (or, for tensor parallelism,
+            GPUs) this machine lacks, naming the value and the fix.
         FileNotFoundError: ``model`` is not a folder.
     """
 
@@ -88,6 +92,7 @@ class EngineConfig:
             if not ok:
                 raise ValueError(message)
         self._check_device()
+        check_devices(self.resolve_device(), self.tensor_parallel_size)
         if not Path(self.model).is_dir():
             raise FileNotFoundError(
                 f"model={self.model!r} is not a folder; pass the path of a Hugging Face checkpoint "

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from .block_manager import KVCacheManager
 from .config import EngineConfig, resolve_dtype
-from .executor import Executor, InProcessExecutor
+from .executor import Executor, make_executor
 from .inputs import Prompt, check_request, prompt_token_ids
 from .loader import checkpoint_dtype, decoder_spec, eos_token_ids, load_hf_config, load_tokenizer
 from .metrics import Metrics
@@ -47,12 +47,14 @@ class LLMEngine:
 
     Args:
         config: the engine's options.
-        executor: where steps run; by default a :class:`InProcessExecutor` that loads
-            the model of ``config.model`` (tests pass a model-free stand-in).
+        executor: where steps run; by default the model of ``config.model`` on one
+            device in this process, or split over ``tensor_parallel_size`` processes
+            (``executor.make_executor``); tests pass a model-free stand-in.
 
     Raises:
         FileNotFoundError: the folder lacks config.json or weights.
-        ValueError: unsupported architecture, or limits that contradict each other.
+        ValueError: unsupported architecture, limits that contradict each other, or a
+            ``tensor_parallel_size`` the model's heads or the machine's GPUs do not allow.
     """
 
     def __init__(self, config: EngineConfig, executor: Executor | None = None) -> None:
@@ -66,8 +68,8 @@ class LLMEngine:
         self.eos_token_ids = eos_token_ids(config.model, hf_config, self.tokenizer)
         self.overlap_scheduling = (config.overlap_scheduling if config.overlap_scheduling is not None
                                    else self.device.type == "cuda")
-        self.executor: Executor = executor or InProcessExecutor(config, self.spec, self.device, self.dtype,
-                                                                self.max_model_len)
+        self.executor: Executor = executor or make_executor(config, self.spec, self.device, self.dtype,
+                                                            self.max_model_len)
         num_blocks = self.executor.num_kv_blocks
         self.kv_cache = KVCacheManager(num_blocks, config.kvcache_block_size, config.prefix_caching)
         scheduler_config = SchedulerConfig(config.max_num_seqs, config.max_num_batched_tokens, self.max_model_len,

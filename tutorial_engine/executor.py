@@ -4,9 +4,10 @@
 device, ``num_kv_blocks`` says how many KV pages each rank allocated (the scheduler
 plans with that many), ``shutdown()`` gives the devices back.
 
-:class:`InProcessExecutor` runs one :class:`~tutorial_engine.executor.runner.ModelRunner`
-in the engine's own process. Tensor parallelism puts one runner per rank in worker
-processes behind the same three members (chapter 8).
+:class:`InProcessExecutor` runs one :class:`~tutorial_engine.model_runner.ModelRunner`
+in the engine's own process. Tensor parallelism puts one runner per rank, rank 0 here
+and the others in worker processes, behind the same three members
+(:class:`~tutorial_engine.tp_executor.TensorParallelExecutor`, chapter 8).
 """
 
 from __future__ import annotations
@@ -45,3 +46,13 @@ class InProcessExecutor:
 
     def shutdown(self) -> None:
         self.runner.shutdown()
+
+
+def make_executor(config: EngineConfig, spec: DecoderSpec, device: torch.device, dtype: torch.dtype,
+                  max_model_len: int) -> Executor:
+    """The executor ``config.tensor_parallel_size`` asks for."""
+    if config.tensor_parallel_size == 1:
+        return InProcessExecutor(config, spec, device, dtype, max_model_len)
+    from .tp_executor import TensorParallelExecutor  # imports multiprocessing only when needed
+
+    return TensorParallelExecutor(config, spec, device, dtype, max_model_len)

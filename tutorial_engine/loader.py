@@ -194,7 +194,8 @@ def open_safetensors(file: Path):
 def load_weights(model: CausalLM, path: str | Path) -> None:
     """Copy checkpoint tensors into ``model``, splitting fused/sharded ones via each
     parameter's ``weight_loader``. Every tensor is checked (see the module docstring)
-    before the first is copied.
+    before the first is copied. Loaders get safetensors slices, not tensors, so a
+    tensor-parallel rank reads only the rows or columns of its own shard.
 
     Raises:
         FileNotFoundError: no weights, or missing shards.
@@ -228,11 +229,11 @@ def load_weights(model: CausalLM, path: str | Path) -> None:
                 raise ValueError(f"{file}: tensor {name!r} has dtype {header.get_dtype()}; only float checkpoints "
                                  f"({', '.join(FLOAT_DTYPES)}) are supported, not quantized ones.")
         params = dict(model.named_parameters())
-        for name, file in files.items():
-            _copy_into(model, params, name, handles[file].get_tensor(name))
+        for name, file in files.items():  # a lazy slice: each rank reads only its shard
+            _copy_into(model, params, name, handles[file].get_slice(name))
 
 
-def _copy_into(model: CausalLM, params: dict[str, torch.nn.Parameter], name: str, tensor: torch.Tensor) -> None:
+def _copy_into(model: CausalLM, params: dict[str, torch.nn.Parameter], name: str, tensor) -> None:
     """Hand a checkpoint tensor to its parameter's ``weight_loader`` (with the part id for fused ones)."""
     packed = next((k for k in model.packed_modules if f".{k}." in name), None)
     if packed is None:

@@ -7,6 +7,10 @@ with its weights, size the KV cache (profile a worst-case step on a GPU, see
 one :class:`~tutorial_engine.step_plan.StepPlan` per engine step and returns without
 waiting for the device: the sampled tokens stay on the GPU (the next step can read its
 inputs from them) and a copy to pinned host memory is on its way (:class:`StepResult`).
+
+With tensor parallelism (chapter 8) every rank runs its own runner on its own device,
+with its shard of the weights and of the KV cache (its KV heads), and all of them
+execute the same plans in the same order.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import torch
 from .attention import AttentionMetadata, get_attention_backend
 from .config import EngineConfig
 from .cuda_graph import CUDAGraphDecoder, graphs_unavailable_reason
+from .distributed import broadcast_from_rank0, building_rank, min_over_ranks
 from .gpu_memory import MemoryProfile, profile_memory
 from .loader import load_weights
 from .models import CausalLM, DecoderSpec
@@ -83,19 +88,22 @@ class ModelRunner:
         device, dtype: where and in which precision the model runs.
         max_model_len: longest sequence (prompt + output) in tokens; sizes the
             memory profile and the block-table width of the captured graphs.
+        tp_rank: this runner's tensor-parallel rank (of ``config.tensor_parallel_size``);
+            with more than one rank the process group must be initialised already.
 
     Raises:
         ValueError: when no memory is left for the KV cache.
     """
 
     def __init__(self, config: EngineConfig, spec: DecoderSpec, device: torch.device, dtype: torch.dtype,
-                 max_model_len: int) -> None:
+                 max_model_len: int, tp_rank: int = 0) -> None:
         self.config = config
         self.spec = spec
         self.device = device
+        self.tp_rank, self.tp_size = tp_rank, config.tensor_parallel_size
         self.block_size = config.kvcache_block_size
         self.max_model_len = max_model_len
-        self.model = build_model(spec, config, device, dtype)
+        self.model = build_model(spec, config, device, dtype, tp_rank)
         self.backend = get_attention_backend(config.attention_backend, device, config.kvcache_block_size, dtype)
         for layer in self.model.attention_layers():
             layer.backend = self.backend
@@ -117,7 +125,9 @@ class ModelRunner:
         """KV pages from the memory budget: on a CPU ``cpu_kvcache_space_gib`` (but no
         more than every sequence at full length needs); on a GPU what
         ``gpu_memory_utilization`` of the card leaves after the weights and a profiled
-        worst-case step (see ``gpu_memory.py``)."""
+        worst-case step (see ``gpu_memory.py``). Per rank: a page holds this rank's KV
+        heads, and every rank takes the fewest pages any rank can hold, since the
+        scheduler hands out one page number for all of them."""
         config = self.config
         per_block = kv_cache_bytes_per_block(self.spec, self.block_size, next(self.model.parameters()).dtype,
                                              self.model.attention_layers()[0].num_kv_heads)
@@ -130,6 +140,8 @@ class ModelRunner:
             budget = config.cpu_kvcache_space_gib * 2**30
         full = config.max_num_seqs * math.ceil(self.max_model_len / self.block_size)
         num_blocks = min(int(budget // per_block), full)
+        if self.tp_size > 1:
+            num_blocks = min_over_ranks(num_blocks, self.device)
         if num_blocks < 1:
             knob = "gpu_memory_utilization" if self.device.type == "cuda" else "cpu_kvcache_space_gib"
             raise ValueError(f"no memory is left for the KV cache after loading the model; raise {knob} "
@@ -219,24 +231,46 @@ class ModelRunner:
             self.sampler.forget(seq_id)
         inputs = self.prepare(plan)
         hidden = self.run_model(inputs)
-        if inputs.logits_indices.numel() == 0:
-            sampled = torch.zeros(0, dtype=torch.int64, device=self.device)
-        else:
-            if inputs.logits_indices.numel() != hidden.shape[0]:  # decode steps sample every row
-                hidden = hidden[inputs.logits_indices]
-            logits = self.model.compute_logits(hidden)
-            sampled = self.sampler(logits, plan.sampling)
+        sampled = self.sample(hidden, inputs.logits_indices, plan)
         self.previous_sampled = sampled
         return StepResult.start_copy(sampled)
 
+    def sample(self, hidden: torch.Tensor, logits_indices: torch.Tensor,
+               plan: StepPlan) -> torch.Tensor:
+        """The next token of each sampling row: int64 ``[S]``, identical on every rank.
 
-def build_model(spec: DecoderSpec, config: EngineConfig, device: torch.device, dtype: torch.dtype) -> CausalLM:
-    """Create the model directly on ``device`` in ``dtype`` and fill its weights,
-    from the checkpoint or (``load_format="dummy"``) with seeded random values."""
+        With tensor parallelism rank 0 alone samples (it gathered the logits) and
+        broadcasts the tokens: every rank must hold the same ``previous_sampled``,
+        because the next plan's placeholder inputs are filled from it on each device.
+        The broadcast makes them identical by construction, for S * 8 bytes a step,
+        where sampling on every rank would rely on bitwise-identical logits, kernels
+        and random generator states in every process.
+        """
+        n = logits_indices.numel()
+        if n == 0:
+            return torch.zeros(0, dtype=torch.int64, device=self.device)
+        if n != hidden.shape[0]:  # decode steps sample every row
+            hidden = hidden[logits_indices]
+        logits = self.model.compute_logits(hidden)  # None on ranks other than 0
+        if self.tp_rank == 0:
+            sampled = self.sampler(logits, plan.sampling)
+        else:
+            sampled = torch.empty(n, dtype=torch.int64, device=self.device)
+        if self.tp_size > 1:
+            broadcast_from_rank0(sampled)
+        return sampled
+
+
+def build_model(spec: DecoderSpec, config: EngineConfig, device: torch.device, dtype: torch.dtype,
+                tp_rank: int = 0) -> CausalLM:
+    """Create the model (shard ``tp_rank`` of ``config.tensor_parallel_size``) directly on
+    ``device`` in ``dtype`` and fill its weights, from the checkpoint or
+    (``load_format="dummy"``) with seeded random values (each rank draws its own
+    shard: right for speed, not the unsharded model's values)."""
     previous = torch.get_default_dtype()
     torch.set_default_dtype(dtype)
     try:
-        with torch.device(device):
+        with torch.device(device), building_rank(tp_rank, config.tensor_parallel_size):
             model = CausalLM(spec)
     finally:
         torch.set_default_dtype(previous)

@@ -164,7 +164,9 @@ class CausalLM(nn.Module):
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
         return self.model(input_ids, positions, meta)
 
-    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor | None:
+        """Logits ``[n, vocab]`` of ``hidden`` ``[n, hidden]``; None on tensor-parallel
+        ranks other than 0 (rank 0 gathers the vocabulary shards and samples)."""
         return self.lm_head(hidden)
 
     def attention_layers(self) -> list[PagedAttention]:

@@ -2,9 +2,14 @@
 
 Each weight carries a ``weight_loader(param, loaded, shard_id=None)`` that copies this
 rank's slice of a full checkpoint tensor, so the loader never needs to know how a
-layer is split. Column-parallel layers split output features, row-parallel layers
-split input features and sum partial results with an all-reduce (Megatron-LM,
-Shoeybi et al., 2019, section 3).
+layer is split. ``loaded`` is a tensor or a lazy safetensors slice (``get_slice``):
+both index like ``loaded[a:b]`` / ``loaded[:, a:b]``, and a slice reads only those
+rows or columns from the file, so no rank ever holds the whole model.
+
+Column-parallel layers split output features, row-parallel layers split input
+features and sum partial results with an all-reduce (Megatron-LM, Shoeybi et al.,
+2019, section 3). A layer reads its rank and the world size once, when it is built
+(see ``distributed.building_rank``); with one rank it never communicates.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..distributed import all_reduce, get_tp_rank, get_tp_size
+from ..distributed import all_reduce, gather_to_rank0, get_tp_rank, get_tp_size
 
 
 def _divide(numerator: int, denominator: int, what: str) -> int:
@@ -25,6 +30,8 @@ def _divide(numerator: int, denominator: int, what: str) -> int:
 
 
 def default_weight_loader(param: nn.Parameter, loaded: torch.Tensor) -> None:
+    """Copy the whole tensor (replicated weights: norms, row-parallel biases)."""
+    loaded = loaded[:]
     if param.shape != loaded.shape:
         raise ValueError(f"checkpoint tensor of shape {tuple(loaded.shape)} does not fit parameter {tuple(param.shape)}")
     param.data.copy_(loaded)
@@ -40,16 +47,18 @@ class ColumnParallelLinear(nn.Module):
         super().__init__()
         self.tp_rank, self.tp_size = get_tp_rank(), get_tp_size()
         self.output_size_per_rank = _divide(output_size, self.tp_size, "output_size")
-        self.weight = nn.Parameter(torch.empty(self.output_size_per_rank, input_size), requires_grad=False)
+        self.weight = nn.Parameter(torch.empty(self.output_size_per_rank, input_size),
+                                   requires_grad=False)
         self.weight.weight_loader = self.weight_loader
         self.bias = None
         if bias:
-            self.bias = nn.Parameter(torch.empty(self.output_size_per_rank), requires_grad=False)
+            self.bias = nn.Parameter(torch.empty(self.output_size_per_rank),
+                                     requires_grad=False)
             self.bias.weight_loader = self.weight_loader
 
     def weight_loader(self, param: nn.Parameter, loaded: torch.Tensor) -> None:
         size = param.shape[0]
-        param.data.copy_(loaded.narrow(0, self.tp_rank * size, size))
+        param.data.copy_(loaded[self.tp_rank * size : (self.tp_rank + 1) * size])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(x, self.weight, self.bias)
@@ -60,13 +69,15 @@ class MergedColumnParallelLinear(ColumnParallelLinear):
     (e.g. SwiGLU's gate and up projections). ``shard_id`` indexes ``output_sizes``."""
 
     def __init__(self, input_size: int, output_sizes: list[int], bias: bool = False) -> None:
+        for size in output_sizes:  # each part is split on its own, so each must divide
+            _divide(size, get_tp_size(), "output_size")
         self.output_sizes = output_sizes
         super().__init__(input_size, sum(output_sizes), bias)
 
     def weight_loader(self, param: nn.Parameter, loaded: torch.Tensor, shard_id: int = 0) -> None:
         offset = sum(self.output_sizes[:shard_id]) // self.tp_size
         size = self.output_sizes[shard_id] // self.tp_size
-        shard = loaded.narrow(0, self.tp_rank * size, size)
+        shard = loaded[self.tp_rank * size : (self.tp_rank + 1) * size]
         param.data.narrow(0, offset, size).copy_(shard)
 
 
@@ -74,26 +85,37 @@ class QKVParallelLinear(ColumnParallelLinear):
     """The query, key and value projections fused; each rank gets whole heads.
 
     Output per rank: ``[q heads/tp * head_dim | kv heads/tp * head_dim | same]``.
-    KV heads are replicated when there are fewer of them than ranks.
+    KV heads are replicated when there are fewer of them than ranks: with ``tp`` a
+    multiple of ``num_kv_heads``, ranks ``r`` with the same ``r // (tp / num_kv_heads)``
+    hold the same one, which is the KV head their query heads read. Rank ``r`` holds
+    query heads ``[r * num_heads / tp, (r + 1) * num_heads / tp)``.
     """
 
-    def __init__(self, hidden_size: int, head_dim: int, num_heads: int, num_kv_heads: int, bias: bool = False) -> None:
+    def __init__(self, hidden_size: int, head_dim: int, num_heads: int,
+                 num_kv_heads: int, bias: bool = False) -> None:
         tp = get_tp_size()
         self.head_dim = head_dim
         self.num_heads = _divide(num_heads, tp, "num_attention_heads")
-        self.num_kv_heads = max(1, num_kv_heads // tp)
-        self.kv_replicas = max(1, tp // num_kv_heads)
+        if num_kv_heads >= tp:
+            self.num_kv_heads = _divide(num_kv_heads, tp, "num_key_value_heads")
+            self.kv_replicas = 1
+        else:
+            self.num_kv_heads = 1
+            self.kv_replicas = _divide(tp, num_kv_heads, "tensor_parallel_size")
         total = (self.num_heads + 2 * self.num_kv_heads) * head_dim * tp
         super().__init__(hidden_size, total, bias)
 
-    def weight_loader(self, param: nn.Parameter, loaded: torch.Tensor, shard_id: str = "q") -> None:
-        q_size, kv_size = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
+    def weight_loader(self, param: nn.Parameter, loaded: torch.Tensor,
+                      shard_id: str = "q") -> None:
+        q_size = self.num_heads * self.head_dim
+        kv_size = self.num_kv_heads * self.head_dim
         if shard_id == "q":
             offset, size, rank = 0, q_size, self.tp_rank
         else:
             offset = q_size if shard_id == "k" else q_size + kv_size
             size, rank = kv_size, self.tp_rank // self.kv_replicas
-        param.data.narrow(0, offset, size).copy_(loaded.narrow(0, rank * size, size))
+        shard = loaded[rank * size : (rank + 1) * size]
+        param.data.narrow(0, offset, size).copy_(shard)
 
 
 class RowParallelLinear(nn.Module):
@@ -104,7 +126,8 @@ class RowParallelLinear(nn.Module):
         super().__init__()
         self.tp_rank, self.tp_size = get_tp_rank(), get_tp_size()
         self.input_size_per_rank = _divide(input_size, self.tp_size, "input_size")
-        self.weight = nn.Parameter(torch.empty(output_size, self.input_size_per_rank), requires_grad=False)
+        self.weight = nn.Parameter(torch.empty(output_size, self.input_size_per_rank),
+                                   requires_grad=False)
         self.weight.weight_loader = self.weight_loader
         self.bias = None
         if bias:
@@ -113,10 +136,12 @@ class RowParallelLinear(nn.Module):
 
     def weight_loader(self, param: nn.Parameter, loaded: torch.Tensor) -> None:
         size = param.shape[1]
-        param.data.copy_(loaded.narrow(1, self.tp_rank * size, size))
+        param.data.copy_(loaded[:, self.tp_rank * size : (self.tp_rank + 1) * size])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = all_reduce(F.linear(x, self.weight))
+        y = F.linear(x, self.weight)
+        if self.tp_size > 1:  # each rank holds a partial sum over its input features
+            all_reduce(y)
         return y if self.bias is None else y + self.bias
 
 
@@ -134,7 +159,8 @@ class VocabParallelEmbedding(nn.Module):
         self.weight.weight_loader = self.weight_loader
 
     def weight_loader(self, param: nn.Parameter, loaded: torch.Tensor) -> None:
-        shard = loaded[self.vocab_start : self.vocab_start + self.vocab_per_rank]
+        # The last shard may be short (vocab not divisible): its padding rows stay zero.
+        shard = loaded[self.vocab_start : min(self.vocab_start + self.vocab_per_rank, self.vocab_size)]
         param.data[: shard.shape[0]].copy_(shard)
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
@@ -147,16 +173,18 @@ class VocabParallelEmbedding(nn.Module):
 
 
 class ParallelLMHead(VocabParallelEmbedding):
-    """Output projection to vocabulary logits, split by vocabulary rows; ranks'
-    logits are gathered to rank 0. Shapes: ``[n, hidden] -> [n, vocab]``."""
+    """Output projection to vocabulary logits, split by vocabulary rows.
 
-    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+    Shapes: ``[n, hidden] -> [n, vocab]`` on rank 0, which samples; the other ranks
+    send their ``[n, vocab / tp]`` slices there and return None (a gather, not an
+    all-gather: only the sampling rank needs the logits).
+    """
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor | None:
         logits = F.linear(hidden, self.weight)
         if self.tp_size > 1:
-            parts = [torch.empty_like(logits) for _ in range(self.tp_size)]
-            torch.distributed.all_gather(parts, logits)
-            logits = torch.cat(parts, dim=-1)
-        return logits[:, : self.vocab_size]
+            logits = gather_to_rank0(logits, self.tp_size)
+        return None if logits is None else logits[:, : self.vocab_size]
 
 
 class RMSNorm(nn.Module):
