@@ -44,6 +44,19 @@ from .tiny import CORPUS
 MODEL_NAME = "tiny-qwen3-pydoc"
 DEFAULT_OUT = Path(__file__).resolve().parent / "models" / MODEL_NAME
 SPECIAL_TOKENS = ["<pad>", "<s>", "</s>"]  # ids 0, 1, 2
+MODEL_CARD = """# tiny-qwen3-pydoc
+
+The book's default model: a 0.9M-parameter decoder in Qwen3's layout (4 layers,
+hidden size 128, 4 query and 2 key/value heads of 32, a 1,024-entry byte-level BPE
+vocabulary, tied embeddings), trained for about five CPU minutes on the prose of
+CPython's `pydoc_data.topics` (the text `help("if")` prints) and a few paragraphs this
+project wrote. It continues a prompt with sentences from Python's reference manual;
+it knows nothing else.
+
+Made by `python -m tutorial_engine.book.train_tiny` (settings and final loss in
+`training.json`). The training text is from the Python documentation,
+© Python Software Foundation, under the PSF License Agreement.
+"""
 
 
 def training_paragraphs() -> list[str]:
@@ -143,6 +156,7 @@ def train(out: Path, steps: int = 1200, batch_size: int = 16, seq_len: int = 128
         "command": "python -m tutorial_engine.book.train_tiny",
     }
     (out / "training.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (out / "README.md").write_text(MODEL_CARD)
     return summary
 
 
