@@ -11,7 +11,8 @@ markers in the code, so the solution pages read as plain code):
   (other top-level statements, such as a call that tries the function, stay);
 * a tagged **markdown** cell (a written answer) becomes a prompt, ``*Your answer here.*``.
 
-The generated cells carry the tag ``exercise``: they are the learner's. Exercises lose
+The page title in the first cell, ``# Chapter N solutions: ...``, becomes ``# Chapter N
+exercises: ...``. The generated cells carry the tag ``exercise``: they are the learner's. Exercises lose
 all outputs and execution counts and keep only the kernel metadata, so the generated
 files depend on the solutions' sources alone.
 
@@ -92,6 +93,10 @@ def exercise_from_solution(solution: nbformat.NotebookNode, name: str) -> nbform
     """The exercise version of a solution notebook (a new notebook; the input is untouched)."""
     cells = []
     for index, cell in enumerate(solution.cells):
+        if index == 0 and cell.cell_type == "markdown" and cell.source.startswith("# "):
+            # The page title: "# Chapter 2 solutions: ..." becomes "# Chapter 2 exercises: ...".
+            title, _, rest = cell.source.partition("\n")
+            cell = nbformat.from_dict({**cell, "source": title.replace(" solutions", " exercises", 1) + _ + rest})
         where = f"{name}, cell {index}"
         tags = list(cell.metadata.get("tags", []))
         learner = SOLUTION_TAG in tags

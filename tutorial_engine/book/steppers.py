@@ -247,8 +247,7 @@ def record_radix(page_size: int, script: list[tuple[str, Any]],
     next_page = 0
 
     def snapshot(node) -> dict:
-        return {"label": label(node.key) if node is not tree.root else "root", "pages": len(node.pages),
-                "children": [snapshot(child) for child in node.children.values()]}
+        return _snapshot_tree(tree, node, label)
 
     frames = [Frame("an empty tree", snapshot(tree.root))]
     for action, arg in script:
@@ -268,6 +267,29 @@ def record_radix(page_size: int, script: list[tuple[str, Any]],
             raise ValueError(f"unknown action {action!r}; use 'insert' or 'evict'")
         frames.append(Frame(caption, snapshot(tree.root)))
     return Stepper(frames, _draw_tree, figsize=(10, 4.2))
+
+
+def _snapshot_tree(tree, node, label: Callable[[list[int]], str], quote: bool = False, max_chars: int = 16) -> dict:
+    """A node and its subtree as plain data: edge label (cut to ``max_chars``, in
+    quotes if ``quote``), page count, lock count."""
+    text = "root"
+    if node is not tree.root:
+        text = label(node.key).replace("\n", " ")
+        text = text if len(text) <= max_chars else text[: max_chars - 1] + "…"
+        text = repr(text) if quote else text
+    return {"label": text, "pages": len(node.pages), "lock": node.lock_ref if node is not tree.root else 0,
+            "children": [_snapshot_tree(tree, child, label, quote, max_chars) for child in node.children.values()]}
+
+
+def draw_radix_tree(tree, ax, label: Callable[[list[int]], str] | None = None, title: str | None = None) -> None:
+    """Draw a live :class:`RadixTree` on ``ax``, labels at least 10 pt: each node shows
+    its edge's tokens (``label(token_ids)``, e.g. a tokenizer's ``decode``), its page
+    count and, when a running request locks it, its lock count (orange)."""
+    data = _snapshot_tree(tree, tree.root, label or (lambda ids: " ".join(map(str, ids))), quote=label is not None)
+    ax.set_axis_off()
+    _draw_tree(ax, Frame(title or "", data))
+    if title:
+        ax.set_title(title, fontsize=FONT, loc="left")
 
 
 def _draw_tree(ax, frame: Frame) -> None:
@@ -292,7 +314,10 @@ def _draw_tree(ax, frame: Frame) -> None:
         ax.plot([x0, x1], [-d0, -d1], color="0.6", lw=1.2, zorder=1)
     for x, d, node in positions:
         text = node["label"] if d == 0 else f"{node['label']}\n{node['pages']} page" + ("s" * (node["pages"] != 1))
+        if node.get("lock"):
+            text += f", lock {node['lock']}"
+        colour = "white" if d == 0 else ("#f4a261" if node.get("lock") else "#8ecae6")
         ax.text(x, -d, text, ha="center", va="center", fontsize=FONT, zorder=2,
-                bbox=dict(boxstyle="round,pad=0.35", fc="white" if d == 0 else "#8ecae6", ec="0.4"))
+                bbox=dict(boxstyle="round,pad=0.35", fc=colour, ec="0.4"))
     ax.set_xlim(-0.8, width - 0.2)
     ax.set_ylim(-max(depth, 1) - 0.6, 0.6)
