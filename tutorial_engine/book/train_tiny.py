@@ -96,7 +96,7 @@ def model_config(vocab_size: int) -> transformers.Qwen3Config:
     """Qwen3-0.6B's layout at toy size: 4 layers, hidden 128, 4 query / 2 KV heads of 32."""
     return transformers.Qwen3Config(
         vocab_size=vocab_size, hidden_size=128, intermediate_size=384, num_hidden_layers=4,
-        num_attention_heads=4, num_key_value_heads=2, head_dim=32, max_position_embeddings=1024,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=32, max_position_embeddings=512,
         rms_norm_eps=1e-6, rope_theta=10000.0, tie_word_embeddings=True, initializer_range=0.02,
         bos_token_id=1, eos_token_id=2, pad_token_id=0, architectures=["Qwen3ForCausalLM"],
     )
