@@ -51,7 +51,7 @@ class Stepper:
         self.draw(ax, frame)
         ax.set_title(f"step {index + 1}/{len(self.frames)}: {frame.caption}", fontsize=FONT, loc="left")
 
-    def animation(self, dpi: int = 72):
+    def animation(self, dpi: int = 96):
         """The frames as an HTML/JavaScript animation (plays without a kernel)."""
         from IPython.display import HTML
         from matplotlib.animation import FuncAnimation
@@ -135,7 +135,7 @@ def record_scheduler(prompt_lens: list[int], output_lens: list[int], max_num_seq
         if finished:
             caption += f"; req {', '.join(str(s.seq_id) for s in finished)} finished"
         frames.append(Frame(caption, snapshot(phases)))
-    return Stepper(frames, _draw_scheduler, figsize=(10, 3.6))
+    return Stepper(frames, _draw_scheduler, figsize=(7, 3.2))
 
 
 _PHASE_COLOURS = {"prefill": "tab:orange", "decode": "tab:blue", "": "0.85"}
@@ -203,7 +203,7 @@ def record_pages(num_blocks: int, block_size: int,
         else:
             raise ValueError(f"unknown action {action!r}; use 'grow' or 'free'")
         frames.append(Frame(caption, snapshot()))
-    return Stepper(frames, _draw_pages, figsize=(10, 3.4))
+    return Stepper(frames, _draw_pages, figsize=(7.2, 2.9))
 
 
 def _draw_pages(ax, frame: Frame) -> None:
@@ -266,7 +266,7 @@ def record_radix(page_size: int, script: list[tuple[str, Any]],
         else:
             raise ValueError(f"unknown action {action!r}; use 'insert' or 'evict'")
         frames.append(Frame(caption, snapshot(tree.root)))
-    return Stepper(frames, _draw_tree, figsize=(10, 4.2))
+    return Stepper(frames, _draw_tree, figsize=(7, 3.3))
 
 
 def _snapshot_tree(tree, node, label: Callable[[list[int]], str], quote: bool = False, max_chars: int = 16) -> dict:
