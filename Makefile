@@ -1,26 +1,48 @@
-# Set-up and the two jobs the README promises. Every target installs what it needs first.
+# Set-up and the two jobs the README promises. Every target installs what it needs first,
+# once: `make install` runs pip and leaves a stamp file; it runs again only when
+# pyproject.toml changes (or after `make clean`).
+#
+# Python: an activated virtual environment's `python3`, or any python3 that may pip-install
+# (a pyenv or conda one, as in CI). Debian/Ubuntu's system Python refuses (PEP 668,
+# "externally-managed-environment"): create a venv first, see the README.
 PYTHON ?= python3
 PIP = $(PYTHON) -m pip
 # jupyter-book 1.x has no `python -m jupyter_book`; call its CLI with this interpreter.
 JUPYTER_BOOK = $(PYTHON) -c "from jupyter_book.cli.main import main; main()"
+STAMP = _build/.installed
+# The package's sources: when one changes, cached notebook executions are stale.
+PACKAGE_SOURCES = $(shell find tutorial_engine -name '*.py' -o -name '*.json' 2>/dev/null)
 
-.PHONY: install book test demo
+.PHONY: install book test demo clean
+
+install: $(STAMP)
 
 # The pinned CPU build of torch first: an unpinned torch pulls gigabytes of CUDA packages.
-install:
+$(STAMP): pyproject.toml
 	$(PIP) install -q torch==2.13.0
 	$(PIP) install -q -e ".[book,test,serve]"
+	@mkdir -p $(dir $@) && touch $@
 
-# Main job: build the book, executing its notebooks on the CPU with the built-in tiny model.
-book: install
+# Jupyter Book caches executed notebooks (execute_notebooks: cache in _config.yml) and
+# re-runs a notebook whose code changed; this stamp also drops the cache when the
+# package changes, since notebook outputs depend on it.
+_build/.package-stamp: $(PACKAGE_SOURCES) | $(STAMP)
+	rm -rf _build/.jupyter_cache
+	@mkdir -p $(dir $@) && touch $@
+
+# Main job: build the book, executing its notebooks on the CPU with the package's small model.
+book: $(STAMP) _build/.package-stamp
 	$(JUPYTER_BOOK) build . -W -n --keep-going
 	@echo "Book built: $(CURDIR)/_build/html/index.html"
 
 # The whole test suite: unit tests (tests/test_exercises.py includes the exercise drift check) and
 # every book and solution notebook re-executed and compared with its stored outputs (nbval).
-test: install
+test: $(STAMP)
 	$(PYTHON) -m pytest -q tests book solutions --nbval --nbval-current-env --nbval-sanitize-with book/sanitize.cfg
 
-# Generate text from stories260K when ../shared is present, else from the built-in tiny model.
-demo: install
+# Generate text from stories260K when ../shared is present, else from the package's small model.
+demo: $(STAMP)
 	$(PYTHON) -m tutorial_engine generate --prompt "Once upon a time" --max-tokens 40 --temperature 0
+
+clean:
+	rm -rf _build

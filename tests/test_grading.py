@@ -264,7 +264,15 @@ def test_grade_scores_a_notebook_and_keeps_going_after_errors(tmp_path, capsys):
     row = next(line for line in out.splitlines() if line.startswith(str(path)))
     assert " 1/2 " in row and "ch00.tpot (not attempted)" in row
     assert "first error: cell 3: RuntimeError" in row
-    assert out.splitlines()[-1].split() == ["total", "1/2"]
+    assert any(line.split() == ["total", "1/2"] for line in out.splitlines())
+    assert "ch00.tpot: not attempted yet" in out.split("Why tasks did not pass")[1]
+
+
+def test_grade_prints_the_first_failing_case(tmp_path, capsys):
+    _exercise(tmp_path / "ch00_try.ipynb", "return 1.0", "return 0.0")
+    assert grade.main([str(tmp_path)]) == 1
+    why = capsys.readouterr().out.split("Why tasks did not pass")[1]
+    assert "ch00.throughput: wrong answer on case 1" in why and "expected:" in why and "got:       1.0" in why
 
 
 def test_grade_counts_tasks_whose_check_never_ran():
@@ -272,6 +280,7 @@ def test_grade_counts_tasks_whose_check_never_ran():
                                 {name: grade.NOT_RUN for name in grade.expected_tasks(Path("ch00_x.ipynb"))})
     assert score.num_tasks == len(ch00.TASKS) and score.num_passed == 0
     assert "ch00.tpot (not run)" in grade.format_table([score])
+    assert "check cell never ran" in grade.format_table([score])
 
 
 def test_grade_rejects_paths_that_are_not_notebooks(tmp_path, capsys):

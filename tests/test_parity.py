@@ -113,3 +113,27 @@ def test_metrics_count_prefill_and_decode_tokens(tiny_checkpoints):
     assert m["num_decode_tokens"] == 2 * 3  # the first token comes from prefill
     assert m["num_steps"] == 4 and m["num_preemptions"] == 0
     assert m["prefix_cache_queried_tokens"] == 0 and m["prefix_cache_hit_tokens"] == 0
+
+
+def test_the_books_trained_model_matches_transformers_and_reads_well():
+    """The package's own trained model (the book's default) loads through the same
+    checkpoint code as a Qwen3 download, and its greedy tokens are transformers'."""
+    from tutorial_engine.book import TRAINED_MODEL, model_path
+
+    assert (TRAINED_MODEL / "config.json").is_file() and (TRAINED_MODEL / "tokenizer.json").is_file()
+    llm = LLM(TRAINED_MODEL, kvcache_block_size=4)
+    prompts = ["A class", "Exceptions are", "The cache is cut into pages"]
+    outs = llm.generate(prompts, greedy(24), use_tqdm=False)
+    for prompt, out in zip(prompts, outs):
+        ids = llm.tokenizer(prompt).input_ids
+        assert out["token_ids"] == hf_greedy(TRAINED_MODEL, ids, 24, llm.engine.eos_token_ids)
+    assert outs[1]["text"].startswith(" a means of breaking out of the normal flow of control")
+
+
+def test_model_path_defaults_to_the_trained_model_and_the_env_var_overrides(monkeypatch):
+    from tutorial_engine.book import MODEL_ENV, TRAINED_MODEL, model_path
+
+    monkeypatch.delenv(MODEL_ENV, raising=False)
+    assert model_path() == str(TRAINED_MODEL)
+    monkeypatch.setenv(MODEL_ENV, "/models/Qwen3-0.6B")
+    assert model_path() == "/models/Qwen3-0.6B"

@@ -13,17 +13,18 @@ DEFAULT_STORIES = Path(__file__).resolve().parents[1].parent / "shared" / "model
 
 
 def default_model() -> str:
-    """stories260K when ``../shared`` sits beside the checkout, else the tiny random Qwen3."""
+    """stories260K when ``../shared`` sits beside the checkout, else the package's own
+    small trained model (``tutorial_engine/book/models/tiny-qwen3-pydoc``)."""
     if (DEFAULT_STORIES / "config.json").is_file():
         return str(DEFAULT_STORIES)
-    from .book.tiny import tiny_model_path
+    from .book.notebook import TRAINED_MODEL
 
-    return str(tiny_model_path("qwen3"))
+    return str(TRAINED_MODEL)
 
 
 def add_generate_parser(subparsers) -> None:
     p = subparsers.add_parser("generate", help="generate text for one or more prompts")
-    p.add_argument("--model", default=None, help="checkpoint folder (default: stories260K if present, else tiny model)")
+    p.add_argument("--model", default=None, help="checkpoint folder (default: stories260K if present, else the built-in trained model)")
     p.add_argument("--prompt", action="append", required=True, help="prompt text; repeat for a batch")
     p.add_argument("--max-tokens", type=int, default=64)
     p.add_argument("--temperature", type=float, default=0.0)

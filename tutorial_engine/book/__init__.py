@@ -2,6 +2,6 @@
 to run, measured GPU results, engine source), the tiny checkpoints the CPU chapters and
 tests use, exercise generation and grading."""
 
-from .notebook import DATA_DIR, MODEL_ENV, load_result, model_path, show_source
+from .notebook import DATA_DIR, MODEL_ENV, TRAINED_MODEL, load_result, model_path, show_source
 
-__all__ = ["DATA_DIR", "MODEL_ENV", "load_result", "model_path", "show_source"]
+__all__ = ["DATA_DIR", "MODEL_ENV", "TRAINED_MODEL", "load_result", "model_path", "show_source"]

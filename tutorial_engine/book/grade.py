@@ -18,7 +18,7 @@ import importlib
 import json
 import os
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import nbformat
@@ -31,18 +31,20 @@ SENTINEL = "tutorial-engine-grade:"
 COLLECT_SOURCE = (
     "import json\n"
     "from tutorial_engine.book.grading import RESULTS\n"
-    f"print({SENTINEL!r} + json.dumps({{name: result.status for name, result in RESULTS.items()}}))"
+    f"print({SENTINEL!r} + json.dumps({{name: [r.status, r.message] for name, r in RESULTS.items()}}))"
 )
 NOT_RUN = "not run"
 
 
 @dataclass
 class NotebookScore:
-    """Per-task statuses of one graded notebook, and the first cell error if any."""
+    """Per-task statuses of one graded notebook, why each task that did not pass
+    failed (the check's message: the first failing case), and the first cell error."""
 
     path: Path
     statuses: dict[str, str]
     first_error: str | None = None
+    reasons: dict[str, str] = field(default_factory=dict)
 
     @property
     def num_passed(self) -> int:
@@ -71,14 +73,15 @@ def grade_notebook(path: Path, timeout: int = 600) -> NotebookScore:
     # The kernel imports this checkout's package even when it is not pip-installed.
     pythonpath = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
     client.execute(env={**os.environ, "PYTHONPATH": pythonpath})
-    reported: dict[str, str] = {}
+    reported: dict[str, list[str]] = {}
     for output in notebook.cells[-1].outputs:
         for line in output.get("text", "").splitlines():
             if line.startswith(SENTINEL):
                 reported = json.loads(line[len(SENTINEL):])
-    statuses = {name: reported.get(name, NOT_RUN) for name in expected_tasks(path)}
-    statuses.update(reported)
-    return NotebookScore(path, statuses, _first_error(notebook))
+    statuses = {name: NOT_RUN for name in expected_tasks(path)}
+    statuses.update({name: status for name, (status, _) in reported.items()})
+    reasons = {name: message for name, (status, message) in reported.items() if status != PASSED}
+    return NotebookScore(path, statuses, _first_error(notebook), reasons)
 
 
 def _first_error(notebook: nbformat.NotebookNode) -> str | None:
@@ -110,7 +113,8 @@ def notebooks_in(paths: list[Path]) -> list[Path]:
 
 
 def format_table(scores: list[NotebookScore]) -> str:
-    """The score table: one row per notebook, then the total."""
+    """The score table (one row per notebook, then the total), then why each task
+    that did not pass failed: its check's message, with the first failing case."""
     rows = [("notebook", "score", "not passed")]
     for score in scores:
         missed = [f"{name} ({status})" for name, status in score.statuses.items() if status != PASSED]
@@ -120,7 +124,16 @@ def format_table(scores: list[NotebookScore]) -> str:
     passed, total = sum(s.num_passed for s in scores), sum(s.num_tasks for s in scores)
     rows.append(("total", f"{passed}/{total}", ""))
     widths = [max(len(row[i]) for row in rows) for i in range(2)]
-    return "\n".join(f"{a:<{widths[0]}}  {b:>{widths[1]}}  {c}".rstrip() for a, b, c in rows)
+    table = "\n".join(f"{a:<{widths[0]}}  {b:>{widths[1]}}  {c}".rstrip() for a, b, c in rows)
+    why = [f"{score.path}: {_reason(score, name)}".replace("\n", "\n    ")
+           for score in scores for name, status in score.statuses.items() if status != PASSED]
+    return table + ("\n\nWhy tasks did not pass (the first failing case of each):\n" + "\n".join(why) if why else "")
+
+
+def _reason(score: NotebookScore, name: str) -> str:
+    if name in score.reasons:
+        return score.reasons[name]
+    return f"{name}: its check cell never ran (a cell above it failed, or the cell was deleted)."
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -8,16 +8,17 @@ import json
 import os
 from pathlib import Path
 
-from .tiny import tiny_model_path
-
 MODEL_ENV = "TUTORIAL_ENGINE_MODEL"
 DATA_DIR = Path(__file__).resolve().parents[2] / "book" / "data"
+# A 0.9M-parameter Qwen3-layout model trained on Python's own help texts; it ships
+# with the package (made by ``python -m tutorial_engine.book.train_tiny``).
+TRAINED_MODEL = Path(__file__).resolve().parent / "models" / "tiny-qwen3-pydoc"
 
 
 def model_path() -> str:
     """The checkpoint notebooks use: ``$TUTORIAL_ENGINE_MODEL`` (e.g. a local download
-    of Qwen3-0.6B on a GPU box) or, by default, the built-in tiny random Qwen3."""
-    return os.environ.get(MODEL_ENV) or str(tiny_model_path("qwen3"))
+    of Qwen3-0.6B on a GPU box) or, by default, the package's small trained model."""
+    return os.environ.get(MODEL_ENV) or str(TRAINED_MODEL)
 
 
 def load_result(name: str) -> dict:

@@ -31,8 +31,8 @@ Adding a chapter (``grading/ch04.py`` for ``solutions/ch04_*.ipynb``):
 3. Declare ``name = Task("ch04.name", reference, make_case, hint_text, edge_cases=...)``
    and list all of them in ``TASKS``; the grade command counts a notebook's tasks
    from the module whose name is the notebook's ``chNN`` prefix.
-4. In the solution notebook, put the learner's part between ``### BEGIN SOLUTION`` and
-   ``### END SOLUTION`` and follow it with a check cell; regenerate ``exercises/``
+4. In the solution notebook, tag the cell with the learner's function ``solution`` (its
+   body becomes the stub) and follow it with a check cell; regenerate ``exercises/``
    with ``python -m tutorial_engine.book.exercises build``.
 5. Test every task both ways (``tests/test_grading.py`` shows how): ``task.run`` passes
    on the reference, is "not attempted" on a stub and "failed" on a known-wrong answer.

@@ -1,0 +1,34 @@
+"""The book's steppers record the real engine objects and render in both forms."""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+from tutorial_engine.book import steppers  # noqa: E402
+
+
+def test_scheduler_frames_follow_the_queues():
+    stepper = steppers.record_scheduler([6, 9, 4], [2, 3, 1], max_num_seqs=2)
+    first, last = stepper.frames[0].data, stepper.frames[-1].data
+    assert first["waiting"] == [0, 1, 2] and first["running"] == []
+    assert sorted(last["finished"]) == [0, 1, 2] and last["waiting"] == [] and last["running"] == []
+    assert all(len(f.data["running"]) <= 2 for f in stepper.frames)
+
+
+def test_pages_frames_show_block_tables_and_freed_pages():
+    stepper = steppers.record_pages(6, 4, [("grow", 0, 6), ("grow", 1, 3), ("free", 0, 0), ("grow", 2, 20)])
+    tables = [f.data["tables"] for f in stepper.frames]
+    assert tables[1] == {0: [0, 1]} and tables[3] == {1: [2]}
+    assert {0, 1} <= set(tables[4][2]) and len(tables[4][2]) == 5  # it reuses the freed pages
+    assert stepper.frames[-1].data["free"] == 0
+
+
+def test_radix_frames_split_and_evict_and_render():
+    stepper = steppers.record_radix(2, [("insert", [1, 2, 3, 4]), ("insert", [1, 2, 5, 6]), ("evict", 1)])
+    after_split = stepper.frames[2].data["children"][0]
+    assert after_split["label"] == "1 2" and len(after_split["children"]) == 2
+    assert len(stepper.frames[3].data["children"][0]["children"]) == 1
+    html = stepper.animation(dpi=40).data
+    assert "<img" in html or "data:image/png" in html

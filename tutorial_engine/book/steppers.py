@@ -1,0 +1,323 @@
+"""Pictures to step through: the real engine objects, recorded one frame per operation.
+
+Each ``record_*`` function drives a real engine object (the :class:`Scheduler`, the
+:class:`KVCacheManager`, a :class:`RadixTree`) through its public methods and copies
+what it looks like after every step into a plain :class:`Frame`. A :class:`Stepper`
+then shows the frames two ways:
+
+* ``stepper.widget()``: an ``ipywidgets`` slider with a play button, for a live notebook;
+* ``stepper.animation()``: the same frames as a JavaScript animation
+  (``matplotlib.animation.FuncAnimation(...).to_jshtml()``), which plays in the static
+  HTML book, where no Python runs.
+
+Everything that touches the engine's constructors and methods is in the three
+``record_*`` functions, so a change to the engine's signatures is fixed here alone.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import matplotlib.pyplot as plt
+from matplotlib.patches import FancyBboxPatch, Rectangle
+
+FONT = 11  # points: every label in these pictures is at least this large (ticks 10)
+
+
+@dataclass(frozen=True)
+class Frame:
+    """One picture: a caption and a snapshot of plain data (never a live object)."""
+
+    caption: str
+    data: Any
+
+
+@dataclass
+class Stepper:
+    """Frames and the function that draws one of them on a matplotlib axis."""
+
+    frames: list[Frame]
+    draw: Callable[[Any, Frame], None]
+    figsize: tuple[float, float] = (10.0, 4.0)
+    interval_ms: int = 900
+
+    def _render(self, ax, index: int) -> None:
+        ax.clear()
+        ax.set_axis_off()
+        frame = self.frames[index]
+        self.draw(ax, frame)
+        ax.set_title(f"step {index + 1}/{len(self.frames)}: {frame.caption}", fontsize=FONT, loc="left")
+
+    def animation(self, dpi: int = 96):
+        """The frames as an HTML/JavaScript animation (plays without a kernel)."""
+        from IPython.display import HTML
+        from matplotlib.animation import FuncAnimation
+
+        fig, ax = plt.subplots(figsize=self.figsize, dpi=dpi)
+        fig.subplots_adjust(left=0.01, right=0.99, top=0.9, bottom=0.02)
+        anim = FuncAnimation(fig, lambda i: self._render(ax, i), frames=len(self.frames),
+                             interval=self.interval_ms, repeat=False)
+        html = anim.to_jshtml(default_mode="once")
+        plt.close(fig)
+        return HTML(html)
+
+    def widget(self):
+        """A slider and a play button that redraw the frame (needs a live kernel)."""
+        import ipywidgets as widgets
+        from IPython.display import display
+
+        play = widgets.Play(min=0, max=len(self.frames) - 1, interval=self.interval_ms, description="play")
+        slider = widgets.IntSlider(min=0, max=len(self.frames) - 1, description="step")
+        widgets.jslink((play, "value"), (slider, "value"))
+        out = widgets.Output()
+
+        def show(change: Any = None) -> None:
+            with out:
+                out.clear_output(wait=True)
+                fig, ax = plt.subplots(figsize=self.figsize)
+                self._render(ax, slider.value)
+                display(fig)
+                plt.close(fig)
+
+        slider.observe(show, names="value")
+        show()
+        return widgets.VBox([widgets.HBox([play, slider]), out])
+
+
+# -- chapter 2: the scheduler's queues -----------------------------------------------
+
+
+def record_scheduler(prompt_lens: list[int], output_lens: list[int], max_num_seqs: int,
+                     max_num_batched_tokens: int = 16, block_size: int = 4) -> Stepper:
+    """Drive the engine's :class:`Scheduler` with a stand-in model (every sampled token
+    is 0) and record, after each step, which requests wait, run (and in which phase)
+    and have finished."""
+    from .. import EngineConfig, SamplingParams
+    from ..block_manager import KVCacheManager
+    from ..metrics import Metrics
+    from ..scheduler import Scheduler
+    from ..sequence import Sequence
+    from .notebook import model_path
+
+    config = EngineConfig(model=model_path(), max_num_seqs=max_num_seqs,
+                          max_num_batched_tokens=max_num_batched_tokens)
+    longest = max(p + o for p, o in zip(prompt_lens, output_lens))
+    cache = KVCacheManager(num_blocks=max_num_seqs * math.ceil(longest / block_size), block_size=block_size)
+    scheduler = Scheduler(config, longest, cache, eos_token_ids=set(), metrics=Metrics())
+    seqs = [Sequence(i, [0] * p, SamplingParams(max_tokens=o, ignore_eos=True))
+            for i, (p, o) in enumerate(zip(prompt_lens, output_lens))]
+    for seq in seqs:
+        scheduler.add(seq)
+
+    def snapshot(phases: dict[int, str]) -> dict:
+        return {"waiting": [s.seq_id for s in scheduler.waiting],
+                "running": [(s.seq_id, phases.get(s.seq_id, "")) for s in scheduler.running],
+                "finished": [s.seq_id for s in seqs if s.finish_reason is not None],
+                "done": {s.seq_id: (s.num_tokens - s.num_prompt_tokens, s.sampling_params.max_tokens) for s in seqs},
+                "prefilled": {s.seq_id: (min(s.num_computed_tokens, s.num_prompt_tokens), s.num_prompt_tokens)
+                              for s in seqs}}
+
+    frames = [Frame("all requests wait in the queue", snapshot({}))]
+    step = 0
+    while scheduler.has_unfinished():
+        out = scheduler.schedule()
+        phases = {item.seq.seq_id: ("prefill" if item.seq.num_computed_tokens < item.seq.num_prompt_tokens
+                                    else "decode") for item in out.scheduled}
+        finished = scheduler.update(out, [0] * sum(item.samples for item in out.scheduled))
+        step += 1
+        joined = [i for i, p in phases.items() if p == "prefill"]
+        caption = f"engine step {step}: {len(phases)} run"
+        if joined:
+            caption += f", prefill of {', '.join(f'req {i}' for i in joined)}"
+        if finished:
+            caption += f"; req {', '.join(str(s.seq_id) for s in finished)} finished"
+        frames.append(Frame(caption, snapshot(phases)))
+    return Stepper(frames, _draw_scheduler, figsize=(7, 3.2))
+
+
+_PHASE_COLOURS = {"prefill": "tab:orange", "decode": "tab:blue", "": "0.85"}
+
+
+def _draw_scheduler(ax, frame: Frame) -> None:
+    d = frame.data
+    n = len(d["done"])
+    columns = [("waiting", [(i, "") for i in d["waiting"]]), ("running", d["running"]),
+               ("finished", [(i, "") for i in d["finished"]])]
+    ax.set_xlim(0, 3)
+    ax.set_ylim(n + 0.3, -1.0)
+    for c, (name, items) in enumerate(columns):
+        ax.text(c + 0.5, -0.55, name, ha="center", fontsize=FONT + 1, weight="bold")
+        for row, (seq_id, phase) in enumerate(items):
+            got, want = d["done"][seq_id]
+            colour = _PHASE_COLOURS[phase] if name == "running" else ("0.85" if name == "waiting" else "tab:green")
+            ax.add_patch(FancyBboxPatch((c + 0.06, row + 0.1), 0.88, 0.75, boxstyle="round,pad=0.02",
+                                        fc=colour, ec="0.3", alpha=0.9))
+            label = f"req {seq_id}: {got}/{want} tokens" + (f" ({phase})" if phase else "")
+            ax.text(c + 0.5, row + 0.5, label, ha="center", va="center", fontsize=FONT,
+                    color="white" if phase else "black")
+
+
+# -- chapter 3: pages and block tables -------------------------------------------------
+
+
+def record_pages(num_blocks: int, block_size: int,
+                 script: list[tuple[str, int, int]]) -> Stepper:
+    """Drive the engine's :class:`KVCacheManager` through ``script``, a list of
+    ``("grow", seq_id, num_tokens)`` (reserve slots for that many new tokens, then
+    count them as stored, as a step does) and ``("free", seq_id, 0)`` (the request
+    finished). Records every slot's owner and the block tables after each operation."""
+    from .. import SamplingParams
+    from ..block_manager import KVCacheManager
+    from ..sequence import Sequence
+
+    manager = KVCacheManager(num_blocks, block_size)
+    live: dict[int, Sequence] = {}
+
+    def snapshot() -> dict:
+        cells: list[tuple[int | None, bool]] = [(None, False)] * (num_blocks * block_size)
+        for seq in live.values():
+            for i, block in enumerate(seq.block_table):
+                for row in range(block_size):
+                    cells[block * block_size + row] = (seq.seq_id, i * block_size + row < seq.num_computed_tokens)
+        return {"cells": cells, "tables": {i: list(s.block_table) for i, s in live.items()},
+                "free": manager.num_free_blocks, "block_size": block_size, "num_blocks": num_blocks}
+
+    frames = [Frame(f"an empty cache: {num_blocks} pages of {block_size} slots", snapshot())]
+    for action, seq_id, n in script:
+        if action == "grow":
+            seq = live.get(seq_id)
+            if seq is None:
+                seq = live[seq_id] = Sequence(seq_id, [0] * n, SamplingParams(max_tokens=64))
+                caption = f"req {seq_id} arrives: prefill of {n} tokens"
+            else:
+                caption = f"req {seq_id} decodes {n} token" + ("s" if n > 1 else "")
+            if not manager.allocate_slots(seq, n):
+                raise ValueError(f"{caption}: too few free pages; give the cache more blocks")
+            seq.num_computed_tokens += n
+        elif action == "free":
+            manager.free(live.pop(seq_id))
+            caption = f"req {seq_id} finishes: its pages go back to the free list"
+        else:
+            raise ValueError(f"unknown action {action!r}; use 'grow' or 'free'")
+        frames.append(Frame(caption, snapshot()))
+    return Stepper(frames, _draw_pages, figsize=(7.2, 2.9))
+
+
+def _draw_pages(ax, frame: Frame) -> None:
+    d = frame.data
+    size, blocks = d["block_size"], d["num_blocks"]
+    per_row = max(1, min(blocks, 36 // size))  # pages per drawn row
+    rows = math.ceil(blocks / per_row)
+    ax.set_xlim(-0.2, per_row * size + 0.2)
+    ax.set_ylim(rows * 1.6 + 0.2 + 0.55 * max(1, len(d["tables"])), -0.6)
+    for block in range(blocks):
+        r, c = divmod(block, per_row)
+        x0, y0 = c * size, r * 1.6
+        for row in range(size):
+            owner, filled = d["cells"][block * size + row]
+            face = "white" if owner is None else f"C{owner}"
+            ax.add_patch(Rectangle((x0 + row, y0), 1, 1, fc=face, alpha=1 if filled else 0.3, ec="0.5", lw=0.6))
+        ax.add_patch(Rectangle((x0, y0), size, 1, fill=False, ec="black", lw=1.6))
+        ax.text(x0 + size / 2, y0 - 0.15, f"page {block}", ha="center", fontsize=FONT - 1)
+    y = rows * 1.6 + 0.3
+    for seq_id, table in sorted(d["tables"].items()):
+        ax.text(0, y, f"req {seq_id} block table: {table}", fontsize=FONT, color=f"C{seq_id}", va="top")
+        y += 0.55
+    if not d["tables"]:
+        ax.text(0, y, "no requests hold pages", fontsize=FONT, va="top")
+    ax.text(per_row * size, rows * 1.6 + 0.3, f"{d['free']} pages free", fontsize=FONT, ha="right", va="top")
+
+
+# -- chapter 4: a radix tree growing, splitting and evicting ------------------------------
+
+
+def record_radix(page_size: int, script: list[tuple[str, Any]],
+                 label: Callable[[list[int]], str] | None = None) -> Stepper:
+    """Drive a :class:`RadixTree` through ``script``: ``("insert", token_ids)`` (a
+    finished request's pages enter the tree; page ids are handed out in order) and
+    ``("evict", num_pages)`` (least recently used leaves go). Records the tree's
+    shape after every operation; ``label`` turns an edge's token ids into text."""
+    from ..prefix_cache.radix_tree import RadixTree
+
+    tree = RadixTree(page_size)
+    label = label or (lambda ids: " ".join(map(str, ids)))
+    next_page = 0
+
+    def snapshot(node) -> dict:
+        return _snapshot_tree(tree, node, label)
+
+    frames = [Frame("an empty tree", snapshot(tree.root))]
+    for action, arg in script:
+        if action == "insert":
+            tokens = list(arg)[: len(arg) // page_size * page_size]
+            pages = list(range(next_page, next_page + len(tokens) // page_size))
+            before = sum(1 for _ in tree.nodes())
+            result = tree.insert(tokens, pages)
+            next_page += len(pages)
+            new = sum(1 for _ in tree.nodes()) - before
+            caption = (f"insert {len(tokens)} tokens: {result.num_existing_tokens} already cached"
+                       + (", an edge splits" if new >= 2 and result.num_existing_tokens else ""))
+        elif action == "evict":
+            freed = tree.evict(arg)
+            caption = f"evict {arg} pages: the least recently used leaves go ({len(freed)} freed)"
+        else:
+            raise ValueError(f"unknown action {action!r}; use 'insert' or 'evict'")
+        frames.append(Frame(caption, snapshot(tree.root)))
+    return Stepper(frames, _draw_tree, figsize=(7, 3.3))
+
+
+def _snapshot_tree(tree, node, label: Callable[[list[int]], str], quote: bool = False, max_chars: int = 16) -> dict:
+    """A node and its subtree as plain data: edge label (cut to ``max_chars``, in
+    quotes if ``quote``), page count, lock count."""
+    text = "root"
+    if node is not tree.root:
+        text = label(node.key).replace("\n", " ")
+        text = text if len(text) <= max_chars else text[: max_chars - 1] + "…"
+        text = repr(text) if quote else text
+    return {"label": text, "pages": len(node.pages), "lock": node.lock_ref if node is not tree.root else 0,
+            "children": [_snapshot_tree(tree, child, label, quote, max_chars) for child in node.children.values()]}
+
+
+def draw_radix_tree(tree, ax, label: Callable[[list[int]], str] | None = None, title: str | None = None) -> None:
+    """Draw a live :class:`RadixTree` on ``ax``, labels at least 10 pt: each node shows
+    its edge's tokens (``label(token_ids)``, e.g. a tokenizer's ``decode``), its page
+    count and, when a running request locks it, its lock count (orange)."""
+    data = _snapshot_tree(tree, tree.root, label or (lambda ids: " ".join(map(str, ids))), quote=label is not None)
+    ax.set_axis_off()
+    _draw_tree(ax, Frame(title or "", data))
+    if title:
+        ax.set_title(title, fontsize=FONT, loc="left")
+
+
+def _draw_tree(ax, frame: Frame) -> None:
+    positions: list[tuple[float, int, dict]] = []
+    edges: list[tuple[tuple[float, int], tuple[float, int]]] = []
+    leaf = [0.0]
+
+    def place(node: dict, depth: int) -> float:
+        if node["children"]:
+            xs = [place(child, depth + 1) for child in node["children"]]
+            x = sum(xs) / len(xs)
+            edges.extend(((x, depth), (cx, depth + 1)) for cx in xs)
+        else:
+            x, leaf[0] = leaf[0], leaf[0] + 1
+        positions.append((x, depth, node))
+        return x
+
+    place(frame.data, 0)
+    width = max(leaf[0], 1)
+    depth = max(d for _, d, _ in positions)
+    for (x0, d0), (x1, d1) in edges:
+        ax.plot([x0, x1], [-d0, -d1], color="0.6", lw=1.2, zorder=1)
+    for x, d, node in positions:
+        text = node["label"] if d == 0 else f"{node['label']}\n{node['pages']} page" + ("s" * (node["pages"] != 1))
+        if node.get("lock"):
+            text += f", lock {node['lock']}"
+        colour = "white" if d == 0 else ("#f4a261" if node.get("lock") else "#8ecae6")
+        ax.text(x, -d, text, ha="center", va="center", fontsize=FONT, zorder=2,
+                bbox=dict(boxstyle="round,pad=0.35", fc=colour, ec="0.4"))
+    ax.set_xlim(-0.8, width - 0.2)
+    ax.set_ylim(-max(depth, 1) - 0.6, 0.6)
