@@ -95,18 +95,15 @@ def record_scheduler(prompt_lens: list[int], output_lens: list[int], max_num_seq
     """Drive the engine's :class:`Scheduler` with a stand-in model (every sampled token
     is 0) and record, after each step, which requests wait, run (and in which phase)
     and have finished."""
-    from .. import EngineConfig, SamplingParams
+    from .. import SamplingParams
     from ..block_manager import KVCacheManager
-    from ..metrics import Metrics
-    from ..scheduler import Scheduler
+    from ..scheduler import Scheduler, SchedulerConfig
     from ..sequence import Sequence
-    from .notebook import model_path
 
-    config = EngineConfig(model=model_path(), max_num_seqs=max_num_seqs,
-                          max_num_batched_tokens=max_num_batched_tokens)
     longest = max(p + o for p, o in zip(prompt_lens, output_lens))
+    config = SchedulerConfig(max_num_seqs, max_num_batched_tokens, max_model_len=longest)
     cache = KVCacheManager(num_blocks=max_num_seqs * math.ceil(longest / block_size), block_size=block_size)
-    scheduler = Scheduler(config, longest, cache, eos_token_ids=set(), metrics=Metrics())
+    scheduler = Scheduler(config, cache, eos_token_ids=set())
     seqs = [Sequence(i, [0] * p, SamplingParams(max_tokens=o, ignore_eos=True))
             for i, (p, o) in enumerate(zip(prompt_lens, output_lens))]
     for seq in seqs:
@@ -124,8 +121,8 @@ def record_scheduler(prompt_lens: list[int], output_lens: list[int], max_num_seq
     step = 0
     while scheduler.has_unfinished():
         out = scheduler.schedule()
-        phases = {item.seq.seq_id: ("prefill" if item.seq.num_computed_tokens < item.seq.num_prompt_tokens
-                                    else "decode") for item in out.scheduled}
+        phases = {item.seq.seq_id: ("prefill" if item.start < item.seq.num_prompt_tokens else "decode")
+                  for item in out.scheduled}
         finished = scheduler.update(out, [0] * sum(item.samples for item in out.scheduled))
         step += 1
         joined = [i for i, p in phases.items() if p == "prefill"]
@@ -196,7 +193,7 @@ def record_pages(num_blocks: int, block_size: int,
                 caption = f"req {seq_id} decodes {n} token" + ("s" if n > 1 else "")
             if not manager.allocate_slots(seq, n):
                 raise ValueError(f"{caption}: too few free pages; give the cache more blocks")
-            seq.num_computed_tokens += n
+            manager.advance(seq, n)
         elif action == "free":
             manager.free(live.pop(seq_id))
             caption = f"req {seq_id} finishes: its pages go back to the free list"
