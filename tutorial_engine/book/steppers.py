@@ -318,3 +318,89 @@ def _draw_tree(ax, frame: Frame) -> None:
                 bbox=dict(boxstyle="round,pad=0.35", fc=colour, ec="0.4"))
     ax.set_xlim(-0.8, width - 0.2)
     ax.set_ylim(-max(depth, 1) - 0.6, 0.6)
+
+
+# -- chapter 7: the overlapped loop ----------------------------------------------------
+
+
+def record_overlap(llm, prompts: list, params, cpu_ms: float = 2.0, gpu_ms: float = 5.5) -> Stepper:
+    """Run ``prompts`` through ``llm``'s real overlapped loop, one ``engine.step()`` per
+    frame, recording which step each call launched (with how many inputs were
+    placeholders, still on the device) and which earlier step's tokens it processed.
+    The frames are drawn on an idealised clock: ``cpu_ms`` of host work per step and
+    ``gpu_ms`` of kernels (the H200's measured ratio by default)."""
+    engine = llm.engine
+    engine.overlap_scheduling = True
+    launched, completed = [], []
+    execute, update = engine.executor.execute, engine.scheduler.update
+
+    def record_execute(plan):
+        launched.append((len(plan.seq_lens), len(plan.placeholder_index)))
+        return execute(plan)
+
+    def record_update(out, tokens):
+        completed.append(len(tokens))
+        return update(out, tokens)
+
+    engine.executor.execute, engine.scheduler.update = record_execute, record_update
+    try:
+        for prompt, sp in zip(prompts, params):
+            engine.add_sequence(engine.make_sequence(prompt, sp))
+        frames, events = [], []
+        while engine.has_unfinished():
+            before = len(launched), len(completed)
+            finished = engine.step()
+            if len(launched) > before[0]:
+                events.append(("launch", len(launched), *launched[-1]))
+            if len(completed) > before[1]:
+                events.append(("complete", len(completed), completed[-1], len(finished)))
+            frames.append(Frame(_overlap_caption(events, before), {"events": list(events), "cpu_ms": cpu_ms,
+                                                                  "gpu_ms": gpu_ms}))
+    finally:
+        del engine.executor.execute, engine.scheduler.update
+    return Stepper(frames, draw_overlap, figsize=(10.0, 3.2))
+
+
+def _overlap_caption(events: list[tuple], before: tuple[int, int]) -> str:
+    parts = []
+    for kind, step, a, b in events:
+        if kind == "launch" and step > before[0]:
+            parts.append(f"launch step {step} ({b} of {a} inputs still on the GPU)" if b
+                         else f"launch step {step} ({a} requests)")
+        if kind == "complete" and step > before[1]:
+            parts.append(f"process step {step}'s {a} token{'s' if a != 1 else ''}" + (f", {b} finished" if b else ""))
+    return "; ".join(parts) or "nothing to do"
+
+
+def draw_overlap(ax, frame: Frame) -> None:
+    """CPU and GPU lanes on the idealised clock: each launch is planned on the CPU,
+    then runs on the GPU once both the plan and the previous step are done; each
+    'process' waits for its step's tokens."""
+    cpu, gpu = frame.data["cpu_ms"], frame.data["gpu_ms"]
+    cpu_free = gpu_free = 0.0
+    gpu_end: dict[int, float] = {}
+    half = cpu / 2  # plan (schedule + inputs) and process (tokens) each take half the host time
+    for kind, step, _, _ in frame.data["events"]:
+        if kind == "launch":
+            ax.add_patch(Rectangle((cpu_free, 1.1), half, 0.8, color="#4c72b0"))
+            ax.text(cpu_free + half / 2, 1.5, f"plan {step}", ha="center", va="center", fontsize=FONT - 1,
+                    color="white")
+            cpu_free += half
+            start = max(cpu_free, gpu_free)
+            ax.add_patch(Rectangle((start, 0.1), gpu, 0.8, color="#dd8452"))
+            ax.text(start + gpu / 2, 0.5, f"step {step}", ha="center", va="center", fontsize=FONT - 1)
+            gpu_free = gpu_end[step] = start + gpu
+        else:
+            start = max(cpu_free, gpu_end.get(step, 0.0))
+            ax.add_patch(Rectangle((start, 1.1), half, 0.8, color="#55a868"))
+            ax.text(start + half / 2, 1.5, f"tokens {step}", ha="center", va="center", fontsize=FONT - 1,
+                    color="white")
+            cpu_free = start + half
+    ax.set_axis_on()
+    ax.set_xlim(0, max(cpu_free, gpu_free, 1.0) + 0.5)
+    ax.set_ylim(0, 2.1)
+    ax.set_yticks([0.5, 1.5], ["GPU", "CPU"], fontsize=FONT)
+    ax.set_xlabel("time (ms, idealised)", fontsize=FONT)
+    ax.tick_params(labelsize=FONT - 1)
+    for side in ("top", "right"):
+        ax.spines[side].set_visible(False)
