@@ -118,7 +118,7 @@ def test_metrics_count_prefill_and_decode_tokens(tiny_checkpoints):
 def test_the_books_trained_model_matches_transformers_and_reads_well():
     """The package's own trained model (the book's default) loads through the same
     checkpoint code as a Qwen3 download, and its greedy tokens are transformers'."""
-    from tutorial_engine.book import TRAINED_MODEL, model_path
+    from tutorial_engine.book import TRAINED_MODEL
 
     assert (TRAINED_MODEL / "config.json").is_file() and (TRAINED_MODEL / "tokenizer.json").is_file()
     llm = LLM(TRAINED_MODEL, kvcache_block_size=4)
