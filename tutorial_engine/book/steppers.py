@@ -373,34 +373,33 @@ def _overlap_caption(events: list[tuple], before: tuple[int, int]) -> str:
 
 
 def draw_overlap(ax, frame: Frame) -> None:
-    """CPU and GPU lanes on the idealised clock: each launch is planned on the CPU,
-    then runs on the GPU once both the plan and the previous step are done; each
-    'process' waits for its step's tokens."""
+    """CPU and GPU lanes on the idealised clock: each launch is planned on the CPU
+    (``P``), then runs on the GPU once both the plan and the previous step are done;
+    processing a step's tokens (``T``) waits for that step to finish."""
     cpu, gpu = frame.data["cpu_ms"], frame.data["gpu_ms"]
-    cpu_free = gpu_free = 0.0
-    gpu_end: dict[int, float] = {}
     half = cpu / 2  # plan (schedule + inputs) and process (tokens) each take half the host time
+    origin = 2.5  # room for the lane names, inside the picture
+    cpu_free = gpu_free = origin
+    gpu_end: dict[int, float] = {}
     for kind, step, _, _ in frame.data["events"]:
         if kind == "launch":
             ax.add_patch(Rectangle((cpu_free, 1.1), half, 0.8, color="#4c72b0"))
-            ax.text(cpu_free + half / 2, 1.5, f"plan {step}", ha="center", va="center", fontsize=FONT - 1,
+            ax.text(cpu_free + half / 2, 1.5, f"P{step}", ha="center", va="center", fontsize=FONT - 1,
                     color="white")
             cpu_free += half
             start = max(cpu_free, gpu_free)
             ax.add_patch(Rectangle((start, 0.1), gpu, 0.8, color="#dd8452"))
-            ax.text(start + gpu / 2, 0.5, f"step {step}", ha="center", va="center", fontsize=FONT - 1)
+            ax.text(start + gpu / 2, 0.5, f"step {step}", ha="center", va="center", fontsize=FONT)
             gpu_free = gpu_end[step] = start + gpu
         else:
             start = max(cpu_free, gpu_end.get(step, 0.0))
             ax.add_patch(Rectangle((start, 1.1), half, 0.8, color="#55a868"))
-            ax.text(start + half / 2, 1.5, f"tokens {step}", ha="center", va="center", fontsize=FONT - 1,
+            ax.text(start + half / 2, 1.5, f"T{step}", ha="center", va="center", fontsize=FONT - 1,
                     color="white")
             cpu_free = start + half
-    ax.set_axis_on()
-    ax.set_xlim(0, max(cpu_free, gpu_free, 1.0) + 0.5)
-    ax.set_ylim(0, 2.1)
-    ax.set_yticks([0.5, 1.5], ["GPU", "CPU"], fontsize=FONT)
-    ax.set_xlabel("time (ms, idealised)", fontsize=FONT)
-    ax.tick_params(labelsize=FONT - 1)
-    for side in ("top", "right"):
-        ax.spines[side].set_visible(False)
+    for y, lane in ((1.5, "CPU"), (0.5, "GPU")):
+        ax.text(0.2, y, lane, ha="left", va="center", fontsize=FONT)
+    ax.text(origin, 2.05, "P = plan a step, T = process a step's tokens (idealised clock: "
+            f"{cpu:g} ms CPU, {gpu:g} ms GPU per step)", fontsize=FONT - 1, va="bottom")
+    ax.set_xlim(0, max(cpu_free, gpu_free, 30.0) + 0.5)
+    ax.set_ylim(0, 2.5)
