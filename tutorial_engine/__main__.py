@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from .bench.run import add_bench_parser
+from .bench.cli import add_bench_parser
 from .serving.cli import add_serve_parser
 
 DEFAULT_STORIES = Path(__file__).resolve().parents[1].parent / "shared" / "models" / "stories260K"
