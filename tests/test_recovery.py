@@ -37,16 +37,25 @@ def assert_clean(llm: LLM) -> None:
 
 @pytest.mark.parametrize("overlap", [False, True])
 @pytest.mark.parametrize("error", [RuntimeError("kernel failed"), KeyboardInterrupt()])
-@pytest.mark.parametrize("prefix_caching", ["none", "radix"])
-def test_failed_step_aborts_the_call_and_the_next_call_is_clean(stories260k, overlap, error, prefix_caching):
-    expected = [o["token_ids"] for o in LLM(stories260k).generate(PROMPTS, PARAMS, use_tqdm=False)]
-    llm = LLM(stories260k, overlap_scheduling=overlap, prefix_caching=prefix_caching, kvcache_block_size=4)
-    fail_on_call(llm, 5, error)
-    with pytest.raises(type(error)):
+@pytest.mark.parametrize("prefix_caching", ["none", "hash", "radix"])
+@pytest.mark.parametrize("fail_at", [1, 2, 5])
+def test_failed_step_aborts_the_call_and_the_next_call_is_clean(stories260k, overlap, error, prefix_caching,
+                                                                 fail_at):
+    """Pages of one-token blocks, so that with overlap a request's still-unknown input
+    token lies in a full page when the step fails: nothing the failed steps should
+    have written may be published to the prefix cache."""
+    fresh = LLM(stories260k, prefix_caching=prefix_caching, kvcache_block_size=1)
+    expected = fresh.generate(PROMPTS, PARAMS, use_tqdm=False)
+    llm = LLM(stories260k, overlap_scheduling=overlap, prefix_caching=prefix_caching, kvcache_block_size=1)
+    fail_on_call(llm, fail_at, error)
+    with pytest.raises(type(error)):  # the original error, not one raised while recovering
         llm.generate(PROMPTS, PARAMS, use_tqdm=False)
     assert_clean(llm)
     assert llm.generate([], PARAMS, use_tqdm=False) == []
-    assert [o["token_ids"] for o in llm.generate(PROMPTS, PARAMS, use_tqdm=False)] == expected
+    retry = llm.generate(PROMPTS, PARAMS, use_tqdm=False)
+    assert [o["token_ids"] for o in retry] == [o["token_ids"] for o in expected]
+    if fail_at == 1:  # the very first prefill failed: no page was ever written
+        assert [o["num_cached_tokens"] for o in retry] == [0] * len(PROMPTS)
     assert_clean(llm)
 
 
@@ -83,8 +92,11 @@ def test_second_thread_is_refused_while_one_generates(stories260k):
     assert_clean(llm)
 
 
-def test_abort_frees_pages_at_once(stories260k):
-    llm = LLM(stories260k, overlap_scheduling=True, kvcache_block_size=4)
+@pytest.mark.parametrize("prefix_caching", ["none", "hash", "radix"])
+def test_abort_frees_pages_at_once(stories260k, prefix_caching):
+    """A client that leaves mid-stream: its request is aborted while a step with its
+    still-unknown input token is in flight (one-token pages put that token in a full page)."""
+    llm = LLM(stories260k, overlap_scheduling=True, kvcache_block_size=1, prefix_caching=prefix_caching)
     engine = llm.engine
     seqs = [engine.make_sequence(p, PARAMS) for p in PROMPTS]
     for seq in seqs:

@@ -56,3 +56,19 @@ def test_top_k_one_is_greedy(tiny_checkpoints):
     greedy = llm.generate("Hello", SamplingParams(temperature=0, max_tokens=8, ignore_eos=True), use_tqdm=False)
     top1 = llm.generate("Hello", SamplingParams(temperature=2.0, top_k=1, max_tokens=8, ignore_eos=True), use_tqdm=False)
     assert greedy[0]["token_ids"] == top1[0]["token_ids"]
+
+
+def test_top_p_one_keeps_the_whole_tail_of_a_peaked_distribution():
+    """float32 cumulative sums reach 1.0 before the tail; top_p=1 must still keep it."""
+    probs = torch.softmax(torch.randn(2, 50_000) * 8, dim=-1)
+    kept = apply_top_k_top_p(probs, top_k=torch.tensor([0, 0]), top_p=torch.tensor([1.0, 1.0]))
+    assert torch.equal(kept > 0, probs > 0)
+
+
+def test_a_seeded_row_does_not_depend_on_another_rows_top_p():
+    logits = torch.randn(2, 1000) * 3
+    seeded = SamplingParams(temperature=1.0, seed=7)
+    alone = Sampler(torch.device("cpu"), seed=0)(logits, SamplingBatch.from_params([0, 1], [seeded, seeded]))
+    mixed = Sampler(torch.device("cpu"), seed=0)(
+        logits, SamplingBatch.from_params([0, 1], [seeded, SamplingParams(temperature=1.0, top_p=0.5, seed=7)]))
+    assert alone[0] == mixed[0]

@@ -85,10 +85,18 @@ class KVCacheManager:
             for index, page in self.prefix_cache.cache(seq, num_new_tokens).items():
                 seq.block_table[index] = page
 
+    def forget_computed(self, seq: Sequence, num_tokens: int) -> None:
+        """The steps that computed ``seq``'s tokens from ``num_tokens`` on failed: count
+        only the first ``num_tokens`` as computed, so no page holding unwritten K/V is
+        ever published to the prefix cache."""
+        seq.num_computed_tokens = min(seq.num_computed_tokens, num_tokens)
+
     def free(self, seq: Sequence) -> None:
         """Release every block of ``seq``, tail first (so the tail is reused first),
         and reset its computed tokens; with a prefix cache its computed blocks stay
-        cached until evicted."""
+        cached until evicted. Only tokens whose ids are known are published: a request
+        aborted with a step in flight counts its still-unknown input as computed."""
+        seq.num_computed_tokens = min(seq.num_computed_tokens, seq.num_tokens)
         if self.prefix_cache is not None:
             self.prefix_cache.release(seq)
         else:

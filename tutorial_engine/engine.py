@@ -126,9 +126,10 @@ class LLMEngine:
         """End request ``seq_id`` now and free its pages; ``reason`` becomes its
         ``finish_reason`` ("stop" when a stop string ended it). Unknown or finished
         ids are ignored. A step already launched with it still runs; its token is dropped."""
-        seq = self.requests.pop(seq_id, None)
+        seq = self.requests.get(seq_id)
         if seq is not None:
             self.scheduler.finish(seq, reason)
+            del self.requests[seq_id]
             self._finished_ids.append(seq_id)
 
     def has_unfinished(self) -> bool:
@@ -174,9 +175,11 @@ class LLMEngine:
         return self._complete(previous) if previous is not None else []
 
     def _launch(self, out: SchedulerOutput) -> StepResult:
+        plan = build_step_plan(out, self.config.kvcache_block_size, self._finished_ids)
+        result = self.executor.execute(plan)
+        self._finished_ids = []  # delivered with the plan (kept if the launch failed)
         self.metrics.record_step(out.stats)
-        finished, self._finished_ids = self._finished_ids, []
-        return self.executor.execute(build_step_plan(out, self.config.kvcache_block_size, finished))
+        return result
 
     def _complete(self, step: InFlightStep) -> list[Sequence]:
         """Wait for a step's tokens and hand them to the scheduler."""
@@ -187,11 +190,17 @@ class LLMEngine:
         return finished
 
     def _abort_steps(self, steps: list[SchedulerOutput]) -> list[int]:
-        """Abort every request in ``steps`` and forget the step in flight."""
+        """Abort every request in ``steps`` and forget the step in flight. The K/V those
+        steps should have written may be missing, so each request first forgets what
+        they computed: its pages up to there are the only ones the prefix cache keeps."""
         self._in_flight = None
-        aborted = sorted({item.seq.seq_id for out in steps for item in out.scheduled
-                          if item.seq.seq_id in self.requests})
+        first_start: dict[int, int] = {}
+        for out in steps:
+            for item in out.scheduled:
+                first_start[item.seq.seq_id] = min(item.start, first_start.get(item.seq.seq_id, item.start))
+        aborted = sorted(seq_id for seq_id in first_start if seq_id in self.requests)
         for seq_id in aborted:
+            self.kv_cache.forget_computed(self.requests[seq_id], first_start[seq_id])
             self.abort(seq_id)
         return aborted
 

@@ -54,9 +54,13 @@ class SamplingBatch:
         return not self.temperatures.any()
 
     @property
+    def filtered_rows(self) -> np.ndarray:
+        """bool ``[S]``: random rows with top-k or top-p."""
+        return (self.temperatures > 0) & ((self.top_ks > 0) | (self.top_ps < 1))
+
+    @property
     def needs_top_k_top_p(self) -> bool:
-        random = self.temperatures > 0
-        return bool((self.top_ks[random] > 0).any() or (self.top_ps[random] < 1).any())
+        return bool(self.filtered_rows.any())
 
 
 class Sampler:
@@ -99,12 +103,12 @@ class Sampler:
         for row in np.flatnonzero(batch.seeds >= 0):  # seeded requests redraw from their own generator
             seq_id, seed = int(batch.seq_ids[row]), int(batch.seeds[row])
             noise[row].exponential_(generator=self._request_generator(seq_id, seed))
-        if batch.needs_top_k_top_p:
+        sampled = (scaled - noise.log()).argmax(dim=-1)
+        if batch.needs_top_k_top_p:  # only the rows that asked for it take the filtered draw
             probs = apply_top_k_top_p(torch.softmax(scaled, dim=-1), self._to_device(batch.top_ks),
                                       self._to_device(batch.top_ps))
-            sampled = (probs / noise).argmax(dim=-1)
-        else:
-            sampled = (scaled - noise.log()).argmax(dim=-1)
+            filtered = (probs / noise).argmax(dim=-1)
+            sampled = torch.where(self._to_device(batch.filtered_rows), filtered, sampled)
         if (batch.temperatures == 0).any():
             sampled = torch.where(self._to_device(batch.temperatures == 0), greedy, sampled)
         return sampled
@@ -121,6 +125,6 @@ def apply_top_k_top_p(probs: torch.Tensor, top_k: torch.Tensor, top_p: torch.Ten
     ks = torch.where(top_k > 0, top_k, vocab)
     rank = torch.arange(vocab, device=probs.device)[None, :]
     mass_before = sorted_probs.cumsum(dim=-1) - sorted_probs
-    keep = (rank < ks[:, None]) & ((mass_before < top_p[:, None].to(probs.dtype)) | (rank == 0))
-    sorted_probs = sorted_probs * keep  # rank 0 is kept even if p rounds to 0
+    in_nucleus = (mass_before < top_p[:, None].to(probs.dtype)) | (top_p[:, None] >= 1) | (rank == 0)
+    sorted_probs = sorted_probs * ((rank < ks[:, None]) & in_nucleus)  # rank 0 even if p rounds to 0
     return torch.zeros_like(probs).scatter_(-1, order, sorted_probs)
