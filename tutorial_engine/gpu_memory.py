@@ -75,7 +75,7 @@ def _peak_extra_bytes(runner: ModelRunner, step: StepPlan) -> int:
     torch.cuda.synchronize(runner.device)
     torch.cuda.reset_peak_memory_stats(runner.device)
     base = torch.cuda.memory_allocated(runner.device)
-    runner.execute(step)
+    runner.launch(step)
     torch.cuda.synchronize(runner.device)
     return torch.cuda.max_memory_allocated(runner.device) - base
 

@@ -226,14 +226,18 @@ class ModelRunner:
 
     @torch.inference_mode()
     def execute(self, plan: StepPlan) -> StepResult:
-        """Launch one step; returns at once with its sampled tokens on the way."""
+        """Launch one step; returns at once with its sampled tokens on the way to the host."""
+        return StepResult.start_copy(self.launch(plan))
+
+    def launch(self, plan: StepPlan) -> torch.Tensor:
+        """Queue one step on the device; returns its sampled tokens, int64 ``[S]`` on the
+        device (tensor-parallel workers stop here: only rank 0 reads tokens)."""
         for seq_id in plan.finished_seq_ids:
             self.sampler.forget(seq_id)
         inputs = self.prepare(plan)
         hidden = self.run_model(inputs)
-        sampled = self.sample(hidden, inputs.logits_indices, plan)
-        self.previous_sampled = sampled
-        return StepResult.start_copy(sampled)
+        self.previous_sampled = self.sample(hidden, inputs.logits_indices, plan)
+        return self.previous_sampled
 
     def sample(self, hidden: torch.Tensor, logits_indices: torch.Tensor,
                plan: StepPlan) -> torch.Tensor:

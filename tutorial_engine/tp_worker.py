@@ -87,4 +87,4 @@ def serve(runner: ModelRunner, conn: Connection) -> None:
         message = conn.recv_bytes()  # EOFError when rank 0's end of the pipe closes
         if message == STOP:
             return
-        runner.execute(pickle.loads(message))
+        runner.launch(pickle.loads(message))

@@ -106,7 +106,7 @@ class AsyncEngine:
 
     @property
     def is_running(self) -> bool:
-        return self._thread.is_alive()
+        return self._thread.is_alive() and not self._stopping
 
     def add_request(self, prompt: Prompt, params: SamplingParams) -> RequestStream:
         """Validate and tokenize a request, queue it, and return its stream. Call from
@@ -145,8 +145,25 @@ class AsyncEngine:
                 if self.engine.has_unfinished():
                     self._step()
         finally:
-            self._fail_all(EngineDeadError("the engine loop stopped"))
+            self._stopping = True  # add_request refuses from here on
+            dead = EngineDeadError("the engine loop stopped")
+            self._fail_all(dead)
             self.engine.shutdown()
+            self._fail_inbox(dead)  # requests added while the loop was stopping
+
+    def _fail_inbox(self, err: BaseException) -> None:
+        """Answer every request still in the inbox with ``err``."""
+        items = []
+        while True:
+            try:
+                command = self._inbox.get_nowait()
+            except queue.Empty:
+                break
+            if command[0] == "add":
+                _, seq, loop, stream = command
+                self._streams[seq.seq_id] = (loop, stream)
+                items.append((seq.seq_id, err))
+        self._deliver(items)
 
     def _take_inbox(self, block: bool) -> None:
         """Apply queued commands: all that wait, after the first when ``block``."""
