@@ -32,6 +32,7 @@ import weakref
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
+from typing import NoReturn
 
 import torch
 import torch.multiprocessing as mp
@@ -113,12 +114,7 @@ class TensorParallelExecutor:
                 if num_blocks != self.num_kv_blocks:
                     raise RuntimeError(f"rank {rank} allocated {num_blocks} KV blocks, rank 0 {self.num_kv_blocks}")
         except BaseException as err:
-            cause = self._worker_failures()
-            reason = cause or f"{type(err).__name__}: {err}"
-            self._fail(f"start-up failed ({reason})")
-            if cause is None or isinstance(err, KeyboardInterrupt):
-                raise
-            raise RuntimeError(f"tensor-parallel start-up failed: {cause}") from err
+            self._stop_after(err, "start-up")
 
     @property
     def num_kv_blocks(self) -> int:
@@ -156,12 +152,16 @@ class TensorParallelExecutor:
                 worker.conn.send_bytes(message)
             return self.runner.execute(plan)
         except BaseException as err:
-            cause = self._worker_failures()
-            reason = cause or f"{type(err).__name__}: {err}"
-            self._fail(f"a step failed ({reason})")
-            if cause is None or isinstance(err, KeyboardInterrupt):
-                raise
-            raise RuntimeError(f"a tensor-parallel step failed: {cause}") from err
+            self._stop_after(err, "step")
+
+    def _stop_after(self, err: BaseException, what: str) -> NoReturn:
+        """Stop every rank after ``err`` broke a ``what`` ("start-up" or "step"); raise
+        the worker's own failure when one caused it, else ``err`` itself."""
+        cause = self._worker_failures()
+        self._fail(f"a {what} failed ({cause or f'{type(err).__name__}: {err}'})")
+        if cause is None or isinstance(err, KeyboardInterrupt):
+            raise err
+        raise RuntimeError(f"a tensor-parallel {what} failed: {cause}") from err
 
     def _check_running(self) -> None:
         if self._stopped is None:
