@@ -32,6 +32,7 @@ from .loader import load_weights
 from .models import CausalLM, DecoderSpec
 from .sampler import Sampler
 from .step_plan import StepPlan
+from .transfer import to_device
 
 logger = logging.getLogger(__name__)
 
@@ -209,12 +210,7 @@ class ModelRunner:
         return StepInputs(input_ids, self._to_device(plan.positions), meta, self._to_device(plan.logits_indices))
 
     def _to_device(self, array: np.ndarray) -> torch.Tensor:
-        tensor = torch.from_numpy(array)
-        if self.device.type == "cpu":
-            return tensor
-        # Pinned staging memory lets the copy run asynchronously; PyTorch's caching host
-        # allocator recycles it only after the copy has finished.
-        return tensor.pin_memory().to(self.device, non_blocking=True)
+        return to_device(array, self.device)
 
     @torch.inference_mode()
     def run_model(self, inputs: StepInputs) -> torch.Tensor:

@@ -2,10 +2,8 @@
 
 The sampler never waits for the GPU: its per-row settings arrive as a plain-data
 :class:`SamplingBatch` (numpy, part of the step plan) and reach the device through
-asynchronous copies from pinned memory. A ``torch.tensor(python_list, device="cuda")``
-here would copy from pageable memory, which blocks the CPU until every kernel queued
-before it has run, and the CPU could no longer plan the next step while the GPU works
-(chapter 7).
+:func:`~tutorial_engine.transfer.to_device`, never through
+``torch.tensor(python_list, device="cuda")``, which would block the CPU (chapter 7).
 """
 
 from __future__ import annotations
@@ -16,6 +14,7 @@ import numpy as np
 import torch
 
 from .sampling_params import SamplingParams
+from .transfer import to_device
 
 
 @dataclass
@@ -88,8 +87,7 @@ class Sampler:
         return self.request_generators[seq_id]
 
     def _to_device(self, array: np.ndarray) -> torch.Tensor:
-        tensor = torch.from_numpy(array)
-        return tensor if self.device.type == "cpu" else tensor.pin_memory().to(self.device, non_blocking=True)
+        return to_device(array, self.device)
 
     def __call__(self, logits: torch.Tensor, batch: SamplingBatch) -> torch.Tensor:
         """Args: ``logits`` float ``[S, vocab]``, one row per entry of ``batch``.

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from .cli import PEERS
+from .patching import patched
 from .workloads import Requests, make_requests
 
 
@@ -80,19 +81,14 @@ class StepProfiler:
                 return result
             return wrapper
 
-        self._saved = [(obj, name, obj.__dict__.get(name)) for obj, name in self._targets]
         self._originals = {part: getattr(obj, name) for part, (obj, name) in zip(self._names, self._targets)}
-        engine.step = step
-        for part, (obj, name) in zip(self._names[1:], self._targets[1:]):
-            setattr(obj, name, timed(part))
+        self._patch = patched([(engine, "step", step)] + [
+            (obj, name, timed(part)) for part, (obj, name) in zip(self._names[1:], self._targets[1:])])
+        self._patch.__enter__()
         return self
 
     def __exit__(self, *exc) -> None:
-        for obj, name, saved in self._saved:
-            if saved is None:
-                delattr(obj, name)  # the class's method shows through again
-            else:
-                setattr(obj, name, saved)
+        self._patch.__exit__(*exc)
 
     def summary(self) -> dict:
         """Totals and means (milliseconds) over decode-only and prefill-carrying steps."""

@@ -329,6 +329,8 @@ def record_overlap(llm, prompts: list, params, cpu_ms: float = 2.0, gpu_ms: floa
     placeholders, still on the device) and which earlier step's tokens it processed.
     The frames are drawn on an idealised clock: ``cpu_ms`` of host work per step and
     ``gpu_ms`` of kernels (the H200's measured ratio by default)."""
+    from ..bench.patching import patched
+
     engine = llm.engine
     engine.overlap_scheduling = True
     launched, completed = [], []
@@ -342,8 +344,7 @@ def record_overlap(llm, prompts: list, params, cpu_ms: float = 2.0, gpu_ms: floa
         completed.append(len(tokens))
         return update(out, tokens)
 
-    engine.executor.execute, engine.scheduler.update = record_execute, record_update
-    try:
+    with patched([(engine.executor, "execute", record_execute), (engine.scheduler, "update", record_update)]):
         for prompt, sp in zip(prompts, params):
             engine.add_sequence(engine.make_sequence(prompt, sp))
         frames, events = [], []
@@ -356,8 +357,6 @@ def record_overlap(llm, prompts: list, params, cpu_ms: float = 2.0, gpu_ms: floa
                 events.append(("complete", len(completed), completed[-1], len(finished)))
             frames.append(Frame(_overlap_caption(events, before), {"events": list(events), "cpu_ms": cpu_ms,
                                                                   "gpu_ms": gpu_ms}))
-    finally:
-        del engine.executor.execute, engine.scheduler.update
     return Stepper(frames, draw_overlap, figsize=(10.0, 3.2))
 
 

@@ -14,7 +14,6 @@ the same KV cache, CUDA graphs and weights serve both), plus
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime
 import statistics
 import tempfile
@@ -26,6 +25,7 @@ from torch.profiler import ProfilerActivity, profile, record_function
 
 from . import triton_version, write_json
 from ..bench.models import QWEN3_0_6B_CONFIG, write_config_folder
+from ..bench.patching import patched
 from ..bench.run import StepProfiler, environment
 from ..bench.workloads import Requests, make_requests
 
@@ -72,28 +72,16 @@ def gpu_busy_share(llm, requests: Requests, top: int = 25) -> dict:
             "top_kernels": [{"name": name, "total_s": ns / 1e9, "calls": calls} for name, (ns, calls) in kernels]}
 
 
-@contextlib.contextmanager
 def labelled(targets: list[tuple[object, str, str]]):
-    """Wrap ``obj.name`` in a profiler label for the duration (instance attributes,
-    restored after)."""
-    saved = []
-    for obj, name, label in targets:
-        original = getattr(obj, name)
+    """Wrap each ``obj.name`` in a profiler label ``label`` for the duration."""
 
-        def wrapper(*args, _original=original, _label=label, **kwargs):
-            with record_function(_label):
-                return _original(*args, **kwargs)
+    def wrap(original, label):
+        def wrapper(*args, **kwargs):
+            with record_function(label):
+                return original(*args, **kwargs)
+        return wrapper
 
-        saved.append((obj, name, obj.__dict__.get(name)))
-        setattr(obj, name, wrapper)
-    try:
-        yield
-    finally:
-        for obj, name, previous in saved:
-            if previous is None:
-                delattr(obj, name)
-            else:
-                setattr(obj, name, previous)
+    return patched([(obj, name, wrap(getattr(obj, name), label)) for obj, name, label in targets])
 
 
 def timeline(llm, requests: Requests, num_steps: int = 4, skip_steps: int = 40) -> dict:
@@ -104,29 +92,18 @@ def timeline(llm, requests: Requests, num_steps: int = 4, skip_steps: int = 40) 
     from ..model_runner import StepResult
 
     engine, runner = llm.engine, llm.engine.executor.runner
-    steps: list[tuple[int, int]] = []
-    original_step = engine.step
-
-    def step():
-        with record_function("step"):
-            return original_step()
-
-    targets = [(engine.scheduler, "schedule", "schedule"), (engine_module, "build_step_plan", "plan"),
-               (runner, "prepare", "prepare"), (runner, "run_model", "forward"),
-               (engine.scheduler, "update", "update"), (StepResult, "token_ids", "wait")]
-    engine.step = step
-    try:
-        with labelled(targets), \
-                profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
-            llm.generate(requests.prompts, requests.sampling_params(), use_tqdm=False)
-            torch.cuda.synchronize()
-    finally:
-        del engine.step
+    targets = [(engine, "step", "step"), (engine.scheduler, "schedule", "schedule"),
+               (engine_module, "build_step_plan", "plan"), (runner, "prepare", "prepare"),
+               (runner, "run_model", "forward"), (engine.scheduler, "update", "update"),
+               (StepResult, "token_ids", "wait")]
+    with labelled(targets), profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        llm.generate(requests.prompts, requests.sampling_params(), use_tqdm=False)
+        torch.cuda.synchronize()
     events = prof.profiler.kineto_results.events()
     steps = sorted((e.start_ns(), e.start_ns() + e.duration_ns()) for e in events if e.name() == "step")
     window = steps[skip_steps: skip_steps + num_steps]
     t0, t1 = window[0][0], window[-1][1]
-    labels = {t[2] for t in targets} | {"step"}
+    labels = {t[2] for t in targets}
     cpu = [{"name": e.name(), "start_us": (e.start_ns() - t0) / 1e3, "end_us": (e.start_ns() + e.duration_ns() - t0) / 1e3}
            for e in events if e.name() in labels and e.device_type() == torch.autograd.DeviceType.CPU
            and t0 <= e.start_ns() <= t1]
