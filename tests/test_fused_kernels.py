@@ -63,3 +63,29 @@ def test_rotary_matches_reference(dtype, heads):
     cos, sin = rope.cos_sin_cache[positions].unsqueeze(1).chunk(2, dim=-1)
     torch.testing.assert_close(fused.rotary(q, positions, rope.cos_sin_cache), RotaryEmbedding._rotate(q, cos, sin),
                                **tolerance(dtype))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("q_heads,kv_heads", [(4, 2), (3, 1), (16, 8)])
+def test_qk_norm_rope_matches_norm_then_rotary(dtype, q_heads, kv_heads):
+    """The fused kernel reads q and k as strided views of one qkv row, as Attention does."""
+    g = torch.Generator().manual_seed(3)
+    head_dim, tokens = 16, 7
+    rope = RotaryEmbedding(head_dim, 64, 10000.0).to(DEVICE)
+    q_norm, k_norm = (RMSNorm(head_dim, 1e-6).to(DEVICE, dtype) for _ in range(2))
+    for norm in (q_norm, k_norm):
+        norm.weight.data = (torch.rand(head_dim, generator=g) + 0.5).to(DEVICE, dtype)
+    qkv = torch.randn(tokens, (q_heads + 2 * kv_heads) * head_dim, generator=g).to(DEVICE, dtype)
+    q, k, _ = qkv.split([q_heads * head_dim, kv_heads * head_dim, kv_heads * head_dim], dim=-1)
+    q, k = q.view(tokens, q_heads, head_dim), k.view(tokens, kv_heads, head_dim)
+    positions = torch.randint(0, 64, (tokens,), generator=g).to(DEVICE)
+    cos, sin = rope.cos_sin_cache[positions].unsqueeze(1).chunk(2, dim=-1)
+    expected_q = RotaryEmbedding._rotate(q_norm._norm(q), cos, sin)
+    expected_k = RotaryEmbedding._rotate(k_norm._norm(k), cos, sin)
+    got_q, got_k = fused.qk_norm_rope(q, k, positions, rope.cos_sin_cache, q_norm.weight, k_norm.weight, 1e-6)
+    assert got_q.is_contiguous() and got_k.is_contiguous()
+    torch.testing.assert_close(got_q, expected_q, **tolerance(dtype))
+    torch.testing.assert_close(got_k, expected_k, **tolerance(dtype))
+    # the comparison is sensitive to the per-head weights: swapping q's and k's fails it
+    swapped_q, _ = fused.qk_norm_rope(q, k, positions, rope.cos_sin_cache, k_norm.weight, q_norm.weight, 1e-6)
+    assert not torch.allclose(swapped_q, expected_q, **tolerance(dtype))

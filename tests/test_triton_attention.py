@@ -145,6 +145,15 @@ def test_backend_resolution(monkeypatch):
         get_attention_backend("triton", cpu)
 
 
+def test_seq_start_loc_is_built_once_per_step():
+    """FlashAttention's cu_seqlens_k: prefix sums of the context lengths, shared by every layer."""
+    meta = random_paged_batch([3, 1, 4], [5, 9, 4], num_heads=2, num_kv_heads=1, head_dim=8,
+                              block_size=4, device=DEVICE).meta
+    assert meta.seq_start_loc.tolist() == [0, 5, 14, 18]
+    assert meta.seq_start_loc.dtype == torch.int32
+    assert meta.seq_start_loc is meta.seq_start_loc
+
+
 def test_flash_attn_backend_skips_without_the_package():
     pytest.importorskip("flash_attn", reason="flash-attn is not installed (a CUDA-only build): its backend is untested here")
     assert get_attention_backend("auto", torch.device("cuda"), 256, torch.bfloat16).name == "flash_attn"

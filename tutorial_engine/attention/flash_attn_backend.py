@@ -12,7 +12,6 @@ before choosing it. K/V stores use the Triton kernel.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from flash_attn import flash_attn_varlen_func, flash_attn_with_kvcache
 
 from .metadata import AttentionMetadata
@@ -26,8 +25,8 @@ def paged_attention(
         out = flash_attn_with_kvcache(query.unsqueeze(1), k_cache, v_cache, cache_seqlens=meta.seq_lens,
                                       block_table=meta.block_tables, softmax_scale=scale, causal=True)
         return out.squeeze(1)
-    cu_seqlens_k = F.pad(meta.seq_lens.cumsum(0, dtype=torch.int32), (1, 0))
-    return flash_attn_varlen_func(query, k_cache, v_cache, cu_seqlens_q=meta.query_start_loc, cu_seqlens_k=cu_seqlens_k,
+    return flash_attn_varlen_func(query, k_cache, v_cache, cu_seqlens_q=meta.query_start_loc,
+                                  cu_seqlens_k=meta.seq_start_loc,
                                   max_seqlen_q=meta.max_query_len, max_seqlen_k=meta.max_seq_len,
                                   softmax_scale=scale, causal=True, block_table=meta.block_tables)
 

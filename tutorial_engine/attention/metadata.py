@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import torch
+import torch.nn.functional as F
 
 
 @dataclass
@@ -34,6 +36,14 @@ class AttentionMetadata:
     max_seq_len: int
     query_start_loc_cpu: list[int]
     seq_lens_cpu: list[int]
+
+    @cached_property
+    def seq_start_loc(self) -> torch.Tensor:
+        """int32 ``[B + 1]``, prefix sums of ``seq_lens`` (FlashAttention's ``cu_seqlens_k``).
+
+        Built on first use and kept for the rest of the step, so every layer shares one.
+        """
+        return F.pad(self.seq_lens.cumsum(0, dtype=torch.int32), (1, 0))
 
     @property
     def num_seqs(self) -> int:

@@ -85,9 +85,15 @@ class Attention(nn.Module):
         q = q.view(-1, self.num_heads, self.head_dim)
         k = k.view(-1, self.num_kv_heads, self.head_dim)
         v = v.view(-1, self.num_kv_heads, self.head_dim)
-        if self.q_norm is not None:
-            q, k = self.q_norm(q), self.k_norm(k)
-        q, k = self.rotary_emb(positions, q, k)
+        if self.q_norm is not None and q.is_cuda:  # one fused kernel for both norms and RoPE
+            from . import fused
+
+            q, k = fused.qk_norm_rope(q, k, positions, self.rotary_emb.cos_sin_cache,
+                                      self.q_norm.weight, self.k_norm.weight, self.q_norm.eps)
+        else:
+            if self.q_norm is not None:
+                q, k = self.q_norm(q), self.k_norm(k)
+            q, k = self.rotary_emb(positions, q, k)
         out = self.attn(q, k, v, meta)
         return self.o_proj(out.flatten(1))
 

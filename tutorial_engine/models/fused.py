@@ -1,7 +1,8 @@
 """Triton kernels that fuse the elementwise parts of a decoder layer, used on CUDA.
 
 In eager PyTorch, RMSNorm with its residual add is about eight kernels, RoPE about
-sixteen and SwiGLU two; with ~28 layers a decode step launches over a thousand tiny
+sixteen and SwiGLU two (and Qwen3's per-head q/k norm on the strided q and k views of
+the qkv projection first copies each to contiguous memory); with ~28 layers a decode step launches over a thousand tiny
 kernels whose fixed cost (a few microseconds each, even inside a CUDA graph) rivals
 the real work. Each function here does the same arithmetic as its reference in
 ``layers.py`` / ``rotary.py`` in a single pass over memory (the fusion that
@@ -113,3 +114,75 @@ def rotary(x: torch.Tensor, positions: torch.Tensor, cos_sin_cache: torch.Tensor
             HALF=head_dim // 2, HEADS_P=triton.next_power_of_2(num_heads),
         )
     return out
+
+
+@triton.jit
+def _norm_rope_heads(
+    src, dst, weight_ptr, cos, sin, stride_st, stride_sh, stride_dt, stride_dh, token, num_heads, eps,
+    HALF: tl.constexpr, HEADS_P: tl.constexpr,
+):
+    """RMSNorm then RoPE of one token's ``num_heads`` heads: a [HEADS_P, HALF] tile per half."""
+    heads = tl.arange(0, HEADS_P)[:, None]
+    dims = tl.arange(0, HALF)[None, :]
+    mask = heads < num_heads
+    base = src + token * stride_st + heads * stride_sh + dims
+    x1 = tl.load(base, mask=mask, other=0.0)
+    x2 = tl.load(base + HALF, mask=mask, other=0.0)
+    x1f, x2f = x1.to(tl.float32), x2.to(tl.float32)
+    rstd = 1.0 / tl.sqrt((tl.sum(x1f * x1f, axis=1) + tl.sum(x2f * x2f, axis=1)) / (2 * HALF) + eps)
+    w1 = tl.load(weight_ptr + dims).to(tl.float32)
+    w2 = tl.load(weight_ptr + HALF + dims).to(tl.float32)
+    # Round where the unfused layers round: after normalising, after the weight, after RoPE.
+    n1 = ((x1f * rstd[:, None]).to(x1.dtype).to(tl.float32) * w1).to(x1.dtype).to(tl.float32)
+    n2 = ((x2f * rstd[:, None]).to(x1.dtype).to(tl.float32) * w2).to(x1.dtype).to(tl.float32)
+    out = dst + token * stride_dt + heads * stride_dh + dims
+    tl.store(out, (n1 * cos - n2 * sin).to(x1.dtype), mask=mask)
+    tl.store(out + HALF, (n2 * cos + n1 * sin).to(x1.dtype), mask=mask)
+
+
+@triton.jit
+def _qk_norm_rope_kernel(
+    q_ptr, k_ptr, q_out_ptr, k_out_ptr, q_weight_ptr, k_weight_ptr, positions_ptr, cos_sin_ptr,
+    stride_qt, stride_qh, stride_kt, stride_kh, stride_qot, stride_qoh, stride_kot, stride_koh, stride_cs,
+    num_q_heads, num_kv_heads, eps,
+    HALF: tl.constexpr, Q_HEADS_P: tl.constexpr, KV_HEADS_P: tl.constexpr,
+):
+    token = tl.program_id(0).to(tl.int64)
+    pos = tl.load(positions_ptr + token).to(tl.int64)
+    dims = tl.arange(0, HALF)[None, :]
+    cos = tl.load(cos_sin_ptr + pos * stride_cs + dims)
+    sin = tl.load(cos_sin_ptr + pos * stride_cs + HALF + dims)
+    _norm_rope_heads(q_ptr, q_out_ptr, q_weight_ptr, cos, sin, stride_qt, stride_qh, stride_qot, stride_qoh,
+                     token, num_q_heads, eps, HALF, Q_HEADS_P)
+    _norm_rope_heads(k_ptr, k_out_ptr, k_weight_ptr, cos, sin, stride_kt, stride_kh, stride_kot, stride_koh,
+                     token, num_kv_heads, eps, HALF, KV_HEADS_P)
+
+
+def qk_norm_rope(
+    q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor, cos_sin_cache: torch.Tensor,
+    q_weight: torch.Tensor, k_weight: torch.Tensor, eps: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Qwen3's per-head RMSNorm of q and k followed by RoPE, in one kernel.
+
+    The same arithmetic as ``RMSNorm`` (``q_norm``/``k_norm``) then :func:`rotary`, but
+    one launch per step and layer instead of six (two copies of the strided q/k views,
+    two norms, two rotations), reading q and k where the qkv projection wrote them.
+
+    Args: ``q`` ``[T, Hq, D]`` and ``k`` ``[T, Hkv, D]`` (head dim contiguous, any other
+    strides), ``positions`` int64 ``[T]``, ``cos_sin_cache`` float32 ``[max_position, D]``,
+    ``q_weight``/``k_weight`` ``[D]``. Returns new contiguous ``(q, k)``, shapes and dtype
+    of the inputs.
+    """
+    num_tokens, num_q_heads, head_dim = q.shape
+    num_kv_heads = k.shape[1]
+    q_out, k_out = torch.empty(q.shape, dtype=q.dtype, device=q.device), torch.empty(k.shape, dtype=k.dtype, device=k.device)
+    if num_tokens:
+        _qk_norm_rope_kernel[(num_tokens,)](
+            q, k, q_out, k_out, q_weight, k_weight, positions, cos_sin_cache,
+            q.stride(0), q.stride(1), k.stride(0), k.stride(1),
+            q_out.stride(0), q_out.stride(1), k_out.stride(0), k_out.stride(1), cos_sin_cache.stride(0),
+            num_q_heads, num_kv_heads, eps,
+            HALF=head_dim // 2, Q_HEADS_P=triton.next_power_of_2(num_q_heads),
+            KV_HEADS_P=triton.next_power_of_2(num_kv_heads),
+        )
+    return q_out, k_out
