@@ -79,23 +79,29 @@ class Attention(nn.Module):
         self.k_norm = RMSNorm(spec.head_dim, spec.rms_norm_eps) if spec.qk_norm else None
         self.attn = PagedAttention(self.num_heads, self.num_kv_heads, spec.head_dim)
 
-    def forward(self, positions: torch.Tensor, hidden: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
+    def forward(
+        self, positions: torch.Tensor, hidden: torch.Tensor, meta: AttentionMetadata
+    ) -> torch.Tensor:
         q_size, kv_size = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
         q, k, v = self.qkv_proj(hidden).split([q_size, kv_size, kv_size], dim=-1)
         q = q.view(-1, self.num_heads, self.head_dim)
         k = k.view(-1, self.num_kv_heads, self.head_dim)
         v = v.view(-1, self.num_kv_heads, self.head_dim)
-        if self.q_norm is not None and q.is_cuda:  # one fused kernel for both norms and RoPE
-            from . import fused
-
-            q, k = fused.qk_norm_rope(q, k, positions, self.rotary_emb.cos_sin_cache,
-                                      self.q_norm.weight, self.k_norm.weight, self.q_norm.eps)
-        else:
-            if self.q_norm is not None:
-                q, k = self.q_norm(q), self.k_norm(k)
-            q, k = self.rotary_emb(positions, q, k)
+        q, k = self.norm_and_rotate(positions, q, k)
         out = self.attn(q, k, v, meta)
         return self.o_proj(out.flatten(1))
+
+    def norm_and_rotate(self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor):
+        """Qwen3's per-head RMSNorm of q and k (when the model has it), then RoPE."""
+        if self.q_norm is None:
+            return self.rotary_emb(positions, q, k)
+        if q.is_cuda:  # one fused kernel instead of six (see models/fused.py)
+            from . import fused
+
+            cos_sin = self.rotary_emb.cos_sin_cache
+            return fused.qk_norm_rope(q, k, positions, cos_sin, self.q_norm.weight,
+                                      self.k_norm.weight, self.q_norm.eps)
+        return self.rotary_emb(positions, self.q_norm(q), self.k_norm(k))
 
 
 class MLP(nn.Module):

@@ -1,0 +1,101 @@
+"""Execute the book's notebooks top to bottom against a chosen checkpoint, and report.
+
+The stored outputs come from the CPU build with the package's small model; this
+command proves the chapters on another machine and model (a GPU box with a
+Qwen3-0.6B-shaped checkpoint), without touching those outputs: each notebook runs
+from a copy, and the report says, per notebook, its wall time and the first cell that
+failed with its error.
+
+    python -m tutorial_engine.book.run_notebooks --random-qwen3 /tmp/qwen3 --out run.json
+
+``--random-qwen3 DIR`` writes a Qwen3-0.6B-shaped checkpoint with random bf16 weights
+and a tokenizer into DIR first (no download); ``--model PATH`` uses a real one. Both
+set ``TUTORIAL_ENGINE_MODEL`` for the notebooks (see ``book.notebook.model_path``).
+Needs ``nbclient`` and ``ipykernel`` (the ``book`` extra).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+from .notebook import MODEL_ENV
+
+BOOK_DIR = Path(__file__).resolve().parents[2] / "book"
+
+
+def run_notebook(path: Path, model: Path | None = None, timeout_s: int = 1800, save_to: Path | None = None) -> dict:
+    """Execute the notebook at ``path`` in its own folder (so relative paths resolve),
+    its kernel seeing ``model`` as ``$TUTORIAL_ENGINE_MODEL`` (when given); the file
+    itself is not modified. Returns ``{"notebook", "ok", "wall_s", "failed_cell",
+    "error"}``; ``failed_cell`` is the index of the first cell that raised (else None).
+    ``save_to``: a folder to write the executed copy into."""
+    import nbformat
+    from nbclient import NotebookClient
+    from nbclient.exceptions import CellExecutionError
+
+    nb = nbformat.read(path, as_version=4)
+    client = NotebookClient(nb, timeout=timeout_s, kernel_name="python3",
+                            resources={"metadata": {"path": str(path.parent)}})
+    start = time.perf_counter()
+    failed_cell, error = None, None
+    try:
+        env = dict(os.environ)
+        if model is not None:
+            env[MODEL_ENV] = str(model.resolve())
+        client.execute(env=env)
+    except CellExecutionError as exc:
+        failed_cell = next((i for i, cell in enumerate(nb.cells) if any(
+            out.get("output_type") == "error" for out in cell.get("outputs", []))), None)
+        error = f"{exc.ename}: {exc.evalue}"
+    wall = time.perf_counter() - start
+    if save_to is not None:
+        save_to.mkdir(parents=True, exist_ok=True)
+        nbformat.write(nb, save_to / path.name)
+    return {"notebook": path.name, "ok": failed_cell is None and error is None, "wall_s": round(wall, 1),
+            "failed_cell": failed_cell, "error": error}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tutorial_engine.book.run_notebooks",
+                                     description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    model = parser.add_mutually_exclusive_group()
+    model.add_argument("--model", type=Path, help="checkpoint folder the notebooks load")
+    model.add_argument("--random-qwen3", type=Path, metavar="DIR",
+                       help="write a random-weight Qwen3-0.6B-shaped checkpoint here and use it")
+    parser.add_argument("notebooks", nargs="*", type=Path, help="default: every chapter in book/")
+    parser.add_argument("--out", type=Path, default=None, help="write the report (JSON) here")
+    parser.add_argument("--save-dir", type=Path, default=None, help="keep the executed copies here")
+    parser.add_argument("--timeout", type=int, default=1800, help="seconds per cell")
+    args = parser.parse_args(argv)
+    if args.model is not None and not (args.model / "config.json").is_file():
+        raise SystemExit(f"--model {args.model}: no config.json there; pass a checkpoint folder")
+    if args.random_qwen3 is not None:
+        from ..bench.models import QWEN3_0_6B_CONFIG
+        from ..bench.nanovllm import write_random_checkpoint
+
+        args.model = write_random_checkpoint(args.random_qwen3, QWEN3_0_6B_CONFIG)
+    notebooks = args.notebooks or sorted(BOOK_DIR.glob("[0-9][0-9]_*.ipynb"))
+    missing = [str(p) for p in notebooks if not p.is_file()]
+    if missing:
+        raise SystemExit(f"no such notebook: {', '.join(missing)}")
+    model_name = str(args.model.resolve()) if args.model else os.environ.get(MODEL_ENV, "the package's small model")
+    report = {"model": model_name, "python": sys.version.split()[0],
+              "notebooks": []}
+    for path in notebooks:
+        result = run_notebook(path, args.model, args.timeout, args.save_dir)
+        report["notebooks"].append(result)
+        status = "ok" if result["ok"] else f"FAILED at cell {result['failed_cell']}: {result['error']}"
+        print(f"{result['wall_s']:8.1f} s  {path.name}: {status}", flush=True)
+        if args.out is not None:  # after every notebook, so a run cut short keeps what it did
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            args.out.write_text(json.dumps(report, indent=1) + "\n")
+    return 0 if all(r["ok"] for r in report["notebooks"]) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
