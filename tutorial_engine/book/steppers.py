@@ -365,7 +365,7 @@ def _overlap_caption(events: list[tuple], before: tuple[int, int]) -> str:
     for kind, step, a, b in events:
         if kind == "launch" and step > before[0]:
             parts.append(f"launch step {step} ({b} of {a} inputs still on the GPU)" if b
-                         else f"launch step {step} ({a} requests)")
+                         else f"launch step {step} ({a} request{'s' if a != 1 else ''})")
         if kind == "complete" and step > before[1]:
             parts.append(f"process step {step}'s {a} token{'s' if a != 1 else ''}" + (f", {b} finished" if b else ""))
     return "; ".join(parts) or "nothing to do"
