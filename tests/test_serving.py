@@ -15,8 +15,9 @@ import httpx
 import openai
 import pytest
 
-from tutorial_engine import LLM, SamplingParams
+from tutorial_engine import LLM, SamplingParams, output_processor
 from tutorial_engine.config import EngineConfig
+from tutorial_engine.detokenizer import IncrementalDetokenizer
 from tutorial_engine.engine import LLMEngine
 from tutorial_engine.serving import AsyncEngine, ServerThread, build_app
 
@@ -248,3 +249,50 @@ def test_queue_limit_answers_503(stories260k):
         assert all(r.json()["error"]["code"] == "queue_full" for r in responses if r.status_code == 503)
         assert all(r.json()["usage"]["completion_tokens"] == 60 for r in responses if r.status_code == 200)
         wait_idle(engine)
+
+
+@pytest.mark.parametrize("overlap", [False, True])
+def test_one_failing_output_fails_only_its_stream(stories260k, reference, monkeypatch, overlap):
+    """The detokenizer raising for one request mid-stream (after engine steps that
+    succeeded) ends that request with the error and frees its pages; the requests
+    processed in the same steps, before and after it, still get all their text."""
+    engine = LLMEngine(EngineConfig(model=str(stories260k), overlap_scheduling=overlap))
+    params = SamplingParams(temperature=0, max_tokens=16, ignore_eos=True)
+    bad_ids = engine.tokenizer(PROMPTS[1]).input_ids
+
+    class FailingDetokenizer(IncrementalDetokenizer):
+        """Fails from the third piece of PROMPTS[1]'s output on."""
+
+        def __init__(self, tokenizer, prompt_token_ids):
+            super().__init__(tokenizer, prompt_token_ids)
+            self.fails, self.calls = list(prompt_token_ids) == bad_ids, 0
+
+        def add(self, token_ids):
+            self.calls += 1
+            if self.fails and self.calls >= 3:
+                raise RuntimeError("detokenizer failed")
+            return super().add(token_ids)
+
+    monkeypatch.setattr(output_processor, "IncrementalDetokenizer", FailingDetokenizer)
+    expected = reference.generate(PROMPTS[:3], params, use_tqdm=False)
+    async_engine = AsyncEngine(engine)
+    async_engine.start()
+
+    async def collect(stream):
+        try:
+            return "".join([out.text async for out in stream])
+        except RuntimeError as err:
+            return err
+
+    async def main():
+        streams = [async_engine.add_request(prompt, params) for prompt in PROMPTS[:3]]
+        return await asyncio.wait_for(asyncio.gather(*(collect(stream) for stream in streams)), timeout=30)
+
+    try:
+        texts = asyncio.run(main())
+        assert [texts[0], texts[2]] == [expected[0]["text"], expected[2]["text"]]
+        assert str(texts[1]) == "detokenizer failed"
+        wait_idle(engine)
+        assert async_engine.is_running
+    finally:
+        async_engine.shutdown()

@@ -190,14 +190,15 @@ class AsyncEngine:
 
     def _step(self) -> None:
         """One engine step; deliver its outputs. A failing step aborts its own requests
-        (the engine does that) and fails their streams; the loop goes on for the rest."""
+        (the engine does that) and fails their streams; the loop goes on for the rest. A
+        request whose output fails (``RequestOutput.error``) fails its stream alone."""
         try:
             outputs = self._processor.step()
         except Exception as err:
             logger.exception("engine step failed")
             self._deliver([(request_id, err) for request_id in self._processor.drop_finished()])
             return
-        self._deliver([(out.request_id, out) for out in outputs])
+        self._deliver([(out.request_id, out if out.error is None else out.error) for out in outputs])
         self._publish_stats()
 
     def _deliver(self, items: list[tuple[int, RequestOutput | BaseException]]) -> None:
