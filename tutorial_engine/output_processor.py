@@ -13,11 +13,14 @@ decoded once when it finishes, so offline ``generate`` pays no per-token cost.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 
 from .detokenizer import IncrementalDetokenizer, decode_output
 from .engine import LLMEngine
 from .sequence import Sequence
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -146,6 +149,7 @@ class OutputProcessor:
         """End a request whose output could not be made: abort it (its pages are freed)
         and report ``err`` as its last output."""
         seq = state.seq
+        logger.error("request %d aborted: its output failed", seq.seq_id, exc_info=err)
         self.engine.abort(seq.seq_id)
         state.finish_reason = "abort"
         return RequestOutput(seq.seq_id, "", [], "abort", seq.num_prompt_tokens, state.num_reported_tokens,
