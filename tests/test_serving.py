@@ -7,6 +7,7 @@ the engine afterwards: no request left, every KV-cache page back.
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import shutil
 import time
@@ -295,4 +296,52 @@ def test_one_failing_output_fails_only_its_stream(stories260k, reference, monkey
         wait_idle(engine)
         assert async_engine.is_running
     finally:
+        async_engine.shutdown()
+
+
+def test_disconnect_mid_send_aborts_without_the_garbage_collector(stories260k):
+    """A client that stops reading, then goes away: Starlette notices the disconnect
+    while the response waits in ``send`` and leaves the event generator suspended. The
+    request must still be aborted at once, not when (or if) the garbage collector
+    finalizes the generator, so the collector is paused here."""
+    engine = LLMEngine(EngineConfig(model=str(stories260k)))
+    async_engine = AsyncEngine(engine)
+    app = build_app(async_engine, "m")
+    body = json.dumps({"prompt": PROMPTS[0], "max_tokens": 400, "temperature": 0, "ignore_eos": True,
+                       "stream": True}).encode()
+    scope = {"type": "http", "asgi": {"version": "3.0", "spec_version": "2.3"}, "http_version": "1.1",
+             "method": "POST", "path": "/v1/completions", "raw_path": b"/v1/completions", "root_path": "",
+             "scheme": "http", "query_string": b"", "headers": [(b"content-type", b"application/json")],
+             "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 2)}
+
+    async def main():
+        first_chunk, received = asyncio.Event(), []
+
+        async def receive():
+            if not received:
+                received.append(True)
+                return {"type": "http.request", "body": body, "more_body": False}
+            await first_chunk.wait()
+            return {"type": "http.disconnect"}
+
+        async def send(message):
+            if message["type"] == "http.response.body" and message["body"]:
+                first_chunk.set()
+                await asyncio.sleep(3600)  # the client stopped reading: the socket buffer is full
+
+        await asyncio.wait_for(app(scope, receive, send), timeout=30)
+        [seq] = engine.requests.values()  # the response has ended; the request had not
+        deadline = time.monotonic() + 5  # in the loop: its shutdown would close the generator
+        while engine.requests and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        return seq
+
+    async_engine.start()
+    gc.disable()
+    try:
+        seq = asyncio.run(main())
+        assert seq.finish_reason == "abort" and seq.num_output_tokens < 400
+        wait_idle(engine)
+    finally:
+        gc.enable()
         async_engine.shutdown()

@@ -56,7 +56,8 @@ class RequestStream:
     deltas, ending after the output whose ``finish_reason`` is set.
 
     Leaving the iteration early (a ``break``, or the task being cancelled because the
-    client went away) aborts the request, which frees its KV-cache pages.
+    client went away) aborts the request, which frees its KV-cache pages; so does
+    :meth:`close`, which does not depend on the iteration being finalized.
     """
 
     def __init__(self, engine: AsyncEngine, request_id: int, num_prompt_tokens: int) -> None:
@@ -75,8 +76,13 @@ class RequestStream:
                 self._finished = item.finished
                 yield item
         finally:
-            if not self._finished:
-                self._engine.abort(self.request_id)
+            self.close()
+
+    def close(self) -> None:
+        """Abort the request now unless it has finished (its pages are freed at once)."""
+        if not self._finished:
+            self._finished = True
+            self._engine.abort(self.request_id)
 
 
 class AsyncEngine:
