@@ -7,6 +7,7 @@ the engine afterwards: no request left, every KV-cache page back.
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import shutil
 import time
@@ -15,8 +16,9 @@ import httpx
 import openai
 import pytest
 
-from tutorial_engine import LLM, SamplingParams
+from tutorial_engine import LLM, SamplingParams, output_processor
 from tutorial_engine.config import EngineConfig
+from tutorial_engine.detokenizer import IncrementalDetokenizer
 from tutorial_engine.engine import LLMEngine
 from tutorial_engine.serving import AsyncEngine, ServerThread, build_app
 
@@ -248,3 +250,98 @@ def test_queue_limit_answers_503(stories260k):
         assert all(r.json()["error"]["code"] == "queue_full" for r in responses if r.status_code == 503)
         assert all(r.json()["usage"]["completion_tokens"] == 60 for r in responses if r.status_code == 200)
         wait_idle(engine)
+
+
+@pytest.mark.parametrize("overlap", [False, True])
+def test_one_failing_output_fails_only_its_stream(stories260k, reference, monkeypatch, overlap):
+    """The detokenizer raising for one request mid-stream (after engine steps that
+    succeeded) ends that request with the error and frees its pages; the requests
+    processed in the same steps, before and after it, still get all their text."""
+    engine = LLMEngine(EngineConfig(model=str(stories260k), overlap_scheduling=overlap))
+    params = SamplingParams(temperature=0, max_tokens=16, ignore_eos=True)
+    bad_ids = engine.tokenizer(PROMPTS[1]).input_ids
+
+    class FailingDetokenizer(IncrementalDetokenizer):
+        """Fails from the third piece of PROMPTS[1]'s output on."""
+
+        def __init__(self, tokenizer, prompt_token_ids):
+            super().__init__(tokenizer, prompt_token_ids)
+            self.fails, self.calls = list(prompt_token_ids) == bad_ids, 0
+
+        def add(self, token_ids):
+            self.calls += 1
+            if self.fails and self.calls >= 3:
+                raise RuntimeError("detokenizer failed")
+            return super().add(token_ids)
+
+    monkeypatch.setattr(output_processor, "IncrementalDetokenizer", FailingDetokenizer)
+    expected = reference.generate(PROMPTS[:3], params, use_tqdm=False)
+    async_engine = AsyncEngine(engine)
+    async_engine.start()
+
+    async def collect(stream):
+        try:
+            return "".join([out.text async for out in stream])
+        except RuntimeError as err:
+            return err
+
+    async def main():
+        streams = [async_engine.add_request(prompt, params) for prompt in PROMPTS[:3]]
+        return await asyncio.wait_for(asyncio.gather(*(collect(stream) for stream in streams)), timeout=30)
+
+    try:
+        texts = asyncio.run(main())
+        assert [texts[0], texts[2]] == [expected[0]["text"], expected[2]["text"]]
+        assert str(texts[1]) == "detokenizer failed"
+        wait_idle(engine)
+        assert async_engine.is_running
+    finally:
+        async_engine.shutdown()
+
+
+def test_disconnect_mid_send_aborts_without_the_garbage_collector(stories260k):
+    """A client that stops reading, then goes away: Starlette notices the disconnect
+    while the response waits in ``send`` and leaves the event generator suspended. The
+    request must still be aborted at once, not when (or if) the garbage collector
+    finalizes the generator, so the collector is paused here."""
+    engine = LLMEngine(EngineConfig(model=str(stories260k)))
+    async_engine = AsyncEngine(engine)
+    app = build_app(async_engine, "m")
+    body = json.dumps({"prompt": PROMPTS[0], "max_tokens": 400, "temperature": 0, "ignore_eos": True,
+                       "stream": True}).encode()
+    scope = {"type": "http", "asgi": {"version": "3.0", "spec_version": "2.3"}, "http_version": "1.1",
+             "method": "POST", "path": "/v1/completions", "raw_path": b"/v1/completions", "root_path": "",
+             "scheme": "http", "query_string": b"", "headers": [(b"content-type", b"application/json")],
+             "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 2)}
+
+    async def main():
+        first_chunk, received = asyncio.Event(), []
+
+        async def receive():
+            if not received:
+                received.append(True)
+                return {"type": "http.request", "body": body, "more_body": False}
+            await first_chunk.wait()
+            return {"type": "http.disconnect"}
+
+        async def send(message):
+            if message["type"] == "http.response.body" and message["body"]:
+                first_chunk.set()
+                await asyncio.sleep(3600)  # the client stopped reading: the socket buffer is full
+
+        await asyncio.wait_for(app(scope, receive, send), timeout=30)
+        [seq] = engine.requests.values()  # the response has ended; the request had not
+        deadline = time.monotonic() + 5  # in the loop: its shutdown would close the generator
+        while engine.requests and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        return seq
+
+    async_engine.start()
+    gc.disable()
+    try:
+        seq = asyncio.run(main())
+        assert seq.finish_reason == "abort" and seq.num_output_tokens < 400
+        wait_idle(engine)
+    finally:
+        gc.enable()
+        async_engine.shutdown()

@@ -83,6 +83,8 @@ class LLM:
             try:
                 while True:
                     for out in processor.step():
+                        if out.error is not None:
+                            raise out.error
                         if out.text:
                             yield out.text
                         if out.finished:
@@ -112,6 +114,9 @@ class LLM:
             with tqdm(total=len(seqs), desc="Generating", disable=not use_tqdm, dynamic_ncols=True) as bar:
                 while self.engine.has_unfinished():
                     finished = processor.step()
+                    failed = next((out.error for out in finished if out.error is not None), None)
+                    if failed is not None:
+                        raise failed
                     outputs.update((out.request_id, out) for out in finished)
                     bar.update(len(finished))
         except BaseException:

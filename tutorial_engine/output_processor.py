@@ -13,11 +13,14 @@ decoded once when it finishes, so offline ``generate`` pays no per-token cost.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 
 from .detokenizer import IncrementalDetokenizer, decode_output
 from .engine import LLMEngine
 from .sequence import Sequence
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -28,7 +31,9 @@ class RequestOutput:
     until the last output: then "stop" (EOS, a stop token or a stop string), "length"
     or "abort". ``num_output_tokens`` counts all tokens generated so far. ``ttft``
     (seconds from arrival to the first token) and ``tpot`` (mean seconds per token
-    after the first; None for one token) are set on the last output.
+    after the first; None for one token) are set on the last output. ``error`` is set
+    (with finish_reason "abort") when this request's output could not be made, e.g.
+    its detokenizer raised: the request was aborted, the others go on.
     """
 
     request_id: int
@@ -40,6 +45,7 @@ class RequestOutput:
     num_cached_tokens: int = 0
     ttft: float | None = None
     tpot: float | None = None
+    error: Exception | None = None
 
     @property
     def finished(self) -> bool:
@@ -95,12 +101,17 @@ class OutputProcessor:
         """One engine step; the outputs of requests that advanced or finished in it.
 
         Raises whatever ``engine.step`` raises; the engine has then aborted the failed
-        step's requests, and :meth:`drop_finished` reports them.
+        step's requests, and :meth:`drop_finished` reports them. A request whose own
+        output fails (its detokenizer raises) is aborted and reported with ``error``;
+        the other requests' outputs of the step are not lost.
         """
         self.engine.step()
         outputs = []
         for seq_id, state in list(self.states.items()):
-            output = self._process(state)
+            try:
+                output = self._process(state)
+            except Exception as err:
+                output = self._fail(state, err)
             if output is not None:
                 outputs.append(output)
             if state.finish_reason is not None:
@@ -133,6 +144,16 @@ class OutputProcessor:
         if state.detokenizer is None:  # finished, decoded once
             state.text = decode_output(self.engine.tokenizer, seq.prompt_token_ids, seq.output_token_ids)
         return self._output(state)
+
+    def _fail(self, state: RequestState, err: Exception) -> RequestOutput:
+        """End a request whose output could not be made: abort it (its pages are freed)
+        and report ``err`` as its last output."""
+        seq = state.seq
+        logger.error("request %d aborted: its output failed", seq.seq_id, exc_info=err)
+        self.engine.abort(seq.seq_id)
+        state.finish_reason = "abort"
+        return RequestOutput(seq.seq_id, "", [], "abort", seq.num_prompt_tokens, state.num_reported_tokens,
+                             seq.num_cached_tokens, error=err)
 
     def _check_stop_strings(self, state: RequestState) -> None:
         """End the request at the first stop string in its text; the text is cut there."""

@@ -21,12 +21,13 @@ import asyncio
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from jinja2 import TemplateError
+from starlette.types import Receive, Scope, Send
 
 from ..inputs import prompt_token_ids
 from ..output_processor import RequestOutput
@@ -154,15 +155,15 @@ class OpenAIServer:
             raise from_validation(err, ("max_tokens",), prompt_param) from err
         reply = Reply(self.model_name, chat, body.include_usage)
         if body.stream:
-            return StreamingResponse(self._events(stream, reply), media_type="text/event-stream")
+            return EventStreamResponse(self._events(stream, reply), media_type="text/event-stream")
         return await self._collect(stream, reply, request)
 
     # -- responses ------------------------------------------------------------------------
 
     async def _events(self, stream: RequestStream, reply: Reply) -> AsyncIterator[str]:
         """Server-sent events: a chunk per output, the usage if asked, then [DONE]. If
-        the client disconnects, Starlette cancels this generator, and leaving the
-        ``async for`` aborts the request."""
+        the client disconnects, the response closes this generator (EventStreamResponse),
+        and closing it aborts the request at once."""
         try:
             async for out in stream:
                 yield sse(reply.chunk(out))
@@ -172,6 +173,8 @@ class OpenAIServer:
                         yield sse(reply.usage_chunk(out))
         except Exception as err:  # the engine failed this request's step
             yield sse({"error": {"message": str(err), "type": "server_error", "param": None, "code": None}})
+        finally:  # the `async for` does not close the stream's own iterator: abort here
+            stream.close()
         yield "data: [DONE]\n\n"
 
     async def _collect(self, stream: RequestStream, reply: Reply, request: Request) -> Response:
@@ -196,6 +199,21 @@ class OpenAIServer:
             return error_response(500, f"the engine failed this request: {err}", type="server_error")
         self.metrics.observe(last)
         return JSONResponse(reply.response(text, last))
+
+
+class EventStreamResponse(StreamingResponse):
+    """A StreamingResponse that closes its generator however the response ends. On a
+    disconnect Starlette stops iterating but leaves the generator suspended, to be
+    finalized whenever the garbage collector gets to it; closing it is what aborts the
+    request and frees its KV-cache pages."""
+
+    body_iterator: AsyncGenerator[str, None]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            await self.body_iterator.aclose()
 
 
 class Reply:

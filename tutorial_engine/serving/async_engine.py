@@ -56,7 +56,8 @@ class RequestStream:
     deltas, ending after the output whose ``finish_reason`` is set.
 
     Leaving the iteration early (a ``break``, or the task being cancelled because the
-    client went away) aborts the request, which frees its KV-cache pages.
+    client went away) aborts the request, which frees its KV-cache pages; so does
+    :meth:`close`, which does not depend on the iteration being finalized.
     """
 
     def __init__(self, engine: AsyncEngine, request_id: int, num_prompt_tokens: int) -> None:
@@ -75,8 +76,13 @@ class RequestStream:
                 self._finished = item.finished
                 yield item
         finally:
-            if not self._finished:
-                self._engine.abort(self.request_id)
+            self.close()
+
+    def close(self) -> None:
+        """Abort the request now unless it has finished (its pages are freed at once)."""
+        if not self._finished:
+            self._finished = True
+            self._engine.abort(self.request_id)
 
 
 class AsyncEngine:
@@ -190,14 +196,15 @@ class AsyncEngine:
 
     def _step(self) -> None:
         """One engine step; deliver its outputs. A failing step aborts its own requests
-        (the engine does that) and fails their streams; the loop goes on for the rest."""
+        (the engine does that) and fails their streams; the loop goes on for the rest. A
+        request whose output fails (``RequestOutput.error``) fails its stream alone."""
         try:
             outputs = self._processor.step()
         except Exception as err:
             logger.exception("engine step failed")
             self._deliver([(request_id, err) for request_id in self._processor.drop_finished()])
             return
-        self._deliver([(out.request_id, out) for out in outputs])
+        self._deliver([(out.request_id, out if out.error is None else out.error) for out in outputs])
         self._publish_stats()
 
     def _deliver(self, items: list[tuple[int, RequestOutput | BaseException]]) -> None:
