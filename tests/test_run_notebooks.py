@@ -29,6 +29,13 @@ def test_a_failing_cell_is_reported_and_the_notebook_left_as_it_was(tmp_path):
     assert executed.cells[1].outputs[0]["ename"] == "ValueError"
 
 
+def test_a_dead_kernel_is_reported_with_its_cell(tmp_path):
+    path = write_notebook(tmp_path / "dies.ipynb", "x = 1", "import os\nos._exit(1)", "y = 2")
+    result = run_notebook(path, timeout_s=60)
+    assert result["ok"] is False and result["failed_cell"] == 1
+    assert result["error"].startswith("DeadKernelError")
+
+
 def test_the_notebooks_see_the_chosen_model(tmp_path, tiny_checkpoints, monkeypatch):
     monkeypatch.delenv(MODEL_ENV, raising=False)
     model = tiny_checkpoints["qwen3"]

@@ -32,32 +32,43 @@ def run_notebook(path: Path, model: Path | None = None, timeout_s: int = 1800, s
     """Execute the notebook at ``path`` in its own folder (so relative paths resolve),
     its kernel seeing ``model`` as ``$TUTORIAL_ENGINE_MODEL`` (when given); the file
     itself is not modified. Returns ``{"notebook", "ok", "wall_s", "failed_cell",
-    "error"}``; ``failed_cell`` is the index of the first cell that raised (else None).
+    "error"}``; ``failed_cell`` is the index of the cell that raised, timed out or was
+    running when the kernel died (else None).
     ``save_to``: a folder to write the executed copy into."""
     import nbformat
     from nbclient import NotebookClient
-    from nbclient.exceptions import CellExecutionError
 
     nb = nbformat.read(path, as_version=4)
+    current = {"cell": None}  # the cell being executed, for errors that leave no output (a dead kernel)
     client = NotebookClient(nb, timeout=timeout_s, kernel_name="python3",
-                            resources={"metadata": {"path": str(path.parent)}})
+                            resources={"metadata": {"path": str(path.parent)}},
+                            on_cell_execute=lambda cell, cell_index: current.update(cell=cell_index))
+    env = dict(os.environ)
+    if model is not None:
+        env[MODEL_ENV] = str(model.resolve())
     start = time.perf_counter()
     failed_cell, error = None, None
     try:
-        env = dict(os.environ)
-        if model is not None:
-            env[MODEL_ENV] = str(model.resolve())
         client.execute(env=env)
-    except CellExecutionError as exc:
-        failed_cell = next((i for i, cell in enumerate(nb.cells) if any(
-            out.get("output_type") == "error" for out in cell.get("outputs", []))), None)
-        error = f"{exc.ename}: {exc.evalue}"
+    except Exception as exc:  # a cell's error, a timeout, or the kernel dying (e.g. out of memory)
+        failed_cell = current["cell"]
+        exc = _nbclient_error(exc)
+        error = f"{exc.ename}: {exc.evalue}" if hasattr(exc, "ename") else f"{type(exc).__name__}: {exc}"
     wall = time.perf_counter() - start
     if save_to is not None:
         save_to.mkdir(parents=True, exist_ok=True)
         nbformat.write(nb, save_to / path.name)
-    return {"notebook": path.name, "ok": failed_cell is None and error is None, "wall_s": round(wall, 1),
+    return {"notebook": path.name, "ok": error is None, "wall_s": round(wall, 1),
             "failed_cell": failed_cell, "error": error}
+
+
+def _nbclient_error(exc: BaseException) -> BaseException:
+    """nbclient's own exception in ``exc``'s chain: after a dead kernel, its clean-up
+    raises again, and that error, not the death, is what reaches us."""
+    chain = [exc]
+    while chain[-1].__context__ is not None:
+        chain.append(chain[-1].__context__)
+    return next((e for e in chain if type(e).__module__.startswith("nbclient")), exc)
 
 
 def main(argv: list[str] | None = None) -> int:
