@@ -1,9 +1,9 @@
 """Triton kernels that fuse the elementwise parts of a decoder layer, used on CUDA.
 
 In eager PyTorch, RMSNorm with its residual add is about eight kernels, RoPE about
-sixteen and SwiGLU two (and Qwen3's per-head q/k norm on the strided q and k views of
-the qkv projection first copies each to contiguous memory); with ~28 layers a decode step launches over a thousand tiny
-kernels whose fixed cost (a few microseconds each, even inside a CUDA graph) rivals
+sixteen and SwiGLU two (and Qwen3's per-head q/k norm first copies the strided q and k
+views of the qkv projection to contiguous memory); with ~28 layers a decode step
+launches over a thousand tiny kernels whose fixed cost (a few microseconds each, even inside a CUDA graph) rivals
 the real work. Each function here does the same arithmetic as its reference in
 ``layers.py`` / ``rotary.py`` in a single pass over memory (the fusion that
 nano-vLLM gets from ``torch.compile`` and vLLM from its custom ops). The torch code
@@ -81,25 +81,49 @@ def silu_and_mul(x: torch.Tensor) -> torch.Tensor:
 
 
 @triton.jit
+def _cos_sin(positions_ptr, cos_sin_ptr, stride_cs, token, HALF: tl.constexpr):
+    """cos and sin of the RoPE angles at ``token``'s position, ``[1, HALF]`` each."""
+    pos = tl.load(positions_ptr + token).to(tl.int64)
+    row = cos_sin_ptr + pos * stride_cs + tl.arange(0, HALF)[None, :]
+    return tl.load(row), tl.load(row + HALF)
+
+
+@triton.jit
+def _rope_heads(
+    src, dst, weight_ptr, cos, sin, stride_st, stride_sh, stride_dt, stride_dh, token, num_heads, eps,
+    HALF: tl.constexpr, HEADS_P: tl.constexpr, NORM: tl.constexpr,
+):
+    """RoPE of one token's ``num_heads`` heads, a [HEADS_P, HALF] tile per half; with
+    ``NORM``, each head's RMSNorm (Qwen3's q/k norm, weight ``[2 * HALF]``) first."""
+    heads = tl.arange(0, HEADS_P)[:, None]
+    dims = tl.arange(0, HALF)[None, :]
+    mask = heads < num_heads
+    base = src + token * stride_st + heads * stride_sh + dims
+    x1 = tl.load(base, mask=mask, other=0.0)
+    x2 = tl.load(base + HALF, mask=mask, other=0.0)
+    x1f, x2f = x1.to(tl.float32), x2.to(tl.float32)
+    if NORM:
+        rstd = 1.0 / tl.sqrt((tl.sum(x1f * x1f, axis=1) + tl.sum(x2f * x2f, axis=1)) / (2 * HALF) + eps)
+        w1 = tl.load(weight_ptr + dims).to(tl.float32)
+        w2 = tl.load(weight_ptr + HALF + dims).to(tl.float32)
+        # Round where the unfused layers round: after normalising, after the weight.
+        x1f = ((x1f * rstd[:, None]).to(x1.dtype).to(tl.float32) * w1).to(x1.dtype).to(tl.float32)
+        x2f = ((x2f * rstd[:, None]).to(x1.dtype).to(tl.float32) * w2).to(x1.dtype).to(tl.float32)
+    out = dst + token * stride_dt + heads * stride_dh + dims
+    tl.store(out, (x1f * cos - x2f * sin).to(x1.dtype), mask=mask)
+    tl.store(out + HALF, (x2f * cos + x1f * sin).to(x1.dtype), mask=mask)
+
+
+@triton.jit
 def _rope_kernel(
     x_ptr, out_ptr, positions_ptr, cos_sin_ptr,
     stride_xt, stride_xh, stride_ot, stride_oh, stride_cs, num_heads,
     HALF: tl.constexpr, HEADS_P: tl.constexpr,
 ):
     token = tl.program_id(0).to(tl.int64)
-    pos = tl.load(positions_ptr + token).to(tl.int64)
-    heads = tl.arange(0, HEADS_P)[:, None]
-    dims = tl.arange(0, HALF)[None, :]
-    mask = heads < num_heads
-    cos = tl.load(cos_sin_ptr + pos * stride_cs + dims)
-    sin = tl.load(cos_sin_ptr + pos * stride_cs + HALF + dims)
-    base = x_ptr + token * stride_xt + heads * stride_xh + dims
-    x1 = tl.load(base, mask=mask, other=0.0)
-    x2 = tl.load(base + HALF, mask=mask, other=0.0)
-    x1f, x2f = x1.to(tl.float32), x2.to(tl.float32)
-    dst = out_ptr + token * stride_ot + heads * stride_oh + dims
-    tl.store(dst, (x1f * cos - x2f * sin).to(x1.dtype), mask=mask)
-    tl.store(dst + HALF, (x2f * cos + x1f * sin).to(x1.dtype), mask=mask)
+    cos, sin = _cos_sin(positions_ptr, cos_sin_ptr, stride_cs, token, HALF)
+    _rope_heads(x_ptr, out_ptr, x_ptr, cos, sin, stride_xt, stride_xh, stride_ot, stride_oh, token, num_heads, 0.0,
+                HALF, HEADS_P, False)  # no norm: the weight pointer and eps go unused
 
 
 def rotary(x: torch.Tensor, positions: torch.Tensor, cos_sin_cache: torch.Tensor) -> torch.Tensor:
@@ -117,30 +141,6 @@ def rotary(x: torch.Tensor, positions: torch.Tensor, cos_sin_cache: torch.Tensor
 
 
 @triton.jit
-def _norm_rope_heads(
-    src, dst, weight_ptr, cos, sin, stride_st, stride_sh, stride_dt, stride_dh, token, num_heads, eps,
-    HALF: tl.constexpr, HEADS_P: tl.constexpr,
-):
-    """RMSNorm then RoPE of one token's ``num_heads`` heads: a [HEADS_P, HALF] tile per half."""
-    heads = tl.arange(0, HEADS_P)[:, None]
-    dims = tl.arange(0, HALF)[None, :]
-    mask = heads < num_heads
-    base = src + token * stride_st + heads * stride_sh + dims
-    x1 = tl.load(base, mask=mask, other=0.0)
-    x2 = tl.load(base + HALF, mask=mask, other=0.0)
-    x1f, x2f = x1.to(tl.float32), x2.to(tl.float32)
-    rstd = 1.0 / tl.sqrt((tl.sum(x1f * x1f, axis=1) + tl.sum(x2f * x2f, axis=1)) / (2 * HALF) + eps)
-    w1 = tl.load(weight_ptr + dims).to(tl.float32)
-    w2 = tl.load(weight_ptr + HALF + dims).to(tl.float32)
-    # Round where the unfused layers round: after normalising, after the weight, after RoPE.
-    n1 = ((x1f * rstd[:, None]).to(x1.dtype).to(tl.float32) * w1).to(x1.dtype).to(tl.float32)
-    n2 = ((x2f * rstd[:, None]).to(x1.dtype).to(tl.float32) * w2).to(x1.dtype).to(tl.float32)
-    out = dst + token * stride_dt + heads * stride_dh + dims
-    tl.store(out, (n1 * cos - n2 * sin).to(x1.dtype), mask=mask)
-    tl.store(out + HALF, (n2 * cos + n1 * sin).to(x1.dtype), mask=mask)
-
-
-@triton.jit
 def _qk_norm_rope_kernel(
     q_ptr, k_ptr, q_out_ptr, k_out_ptr, q_weight_ptr, k_weight_ptr, positions_ptr, cos_sin_ptr,
     stride_qt, stride_qh, stride_kt, stride_kh, stride_qot, stride_qoh, stride_kot, stride_koh, stride_cs,
@@ -148,14 +148,11 @@ def _qk_norm_rope_kernel(
     HALF: tl.constexpr, Q_HEADS_P: tl.constexpr, KV_HEADS_P: tl.constexpr,
 ):
     token = tl.program_id(0).to(tl.int64)
-    pos = tl.load(positions_ptr + token).to(tl.int64)
-    dims = tl.arange(0, HALF)[None, :]
-    cos = tl.load(cos_sin_ptr + pos * stride_cs + dims)
-    sin = tl.load(cos_sin_ptr + pos * stride_cs + HALF + dims)
-    _norm_rope_heads(q_ptr, q_out_ptr, q_weight_ptr, cos, sin, stride_qt, stride_qh, stride_qot, stride_qoh,
-                     token, num_q_heads, eps, HALF, Q_HEADS_P)
-    _norm_rope_heads(k_ptr, k_out_ptr, k_weight_ptr, cos, sin, stride_kt, stride_kh, stride_kot, stride_koh,
-                     token, num_kv_heads, eps, HALF, KV_HEADS_P)
+    cos, sin = _cos_sin(positions_ptr, cos_sin_ptr, stride_cs, token, HALF)
+    _rope_heads(q_ptr, q_out_ptr, q_weight_ptr, cos, sin, stride_qt, stride_qh, stride_qot, stride_qoh,
+                token, num_q_heads, eps, HALF, Q_HEADS_P, True)
+    _rope_heads(k_ptr, k_out_ptr, k_weight_ptr, cos, sin, stride_kt, stride_kh, stride_kot, stride_koh,
+                token, num_kv_heads, eps, HALF, KV_HEADS_P, True)
 
 
 def qk_norm_rope(
@@ -175,7 +172,8 @@ def qk_norm_rope(
     """
     num_tokens, num_q_heads, head_dim = q.shape
     num_kv_heads = k.shape[1]
-    q_out, k_out = torch.empty(q.shape, dtype=q.dtype, device=q.device), torch.empty(k.shape, dtype=k.dtype, device=k.device)
+    q_out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+    k_out = torch.empty(k.shape, dtype=k.dtype, device=k.device)
     if num_tokens:
         _qk_norm_rope_kernel[(num_tokens,)](
             q, k, q_out, k_out, q_weight, k_weight, positions, cos_sin_cache,
