@@ -9,7 +9,7 @@ import nbformat
 import pytest
 
 from tutorial_engine.book.notebook import MODEL_ENV
-from tutorial_engine.book.run_notebooks import main, run_notebook
+from tutorial_engine.book.run_notebooks import ROOT, kernel_env, main, run_notebook
 
 
 def write_notebook(path, *sources):
@@ -54,3 +54,13 @@ def test_bad_arguments_are_refused_before_running(tmp_path):
         main(["--model", str(tmp_path)])
     with pytest.raises(SystemExit, match="no such notebook"):
         main([str(tmp_path / "missing.ipynb")])
+
+
+def test_kernels_import_this_checkout_first(monkeypatch):
+    """A relative PYTHONPATH (``PYTHONPATH=.`` from the repository root) would resolve
+    against the notebook's folder in the kernel: the checkout goes first, absolute."""
+    monkeypatch.setenv("PYTHONPATH", ".")
+    env = kernel_env({MODEL_ENV: "/models/qwen3"})
+    assert env["PYTHONPATH"].split(os.pathsep) == [str(ROOT), "."]
+    assert env[MODEL_ENV] == "/models/qwen3"
+    assert (ROOT / "tutorial_engine" / "__init__.py").is_file()

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
-import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,8 +24,8 @@ import nbformat
 from nbclient import NotebookClient
 
 from .grading import PASSED
+from .run_notebooks import ROOT, kernel_env
 
-ROOT = Path(__file__).resolve().parents[2]
 SENTINEL = "tutorial-engine-grade:"
 COLLECT_SOURCE = (
     "import json\n"
@@ -70,9 +69,7 @@ def grade_notebook(path: Path, timeout: int = 600) -> NotebookScore:
     notebook.cells.append(nbformat.v4.new_code_cell(COLLECT_SOURCE))
     client = NotebookClient(notebook, timeout=timeout, kernel_name="python3", allow_errors=True,
                             resources={"metadata": {"path": str(path.parent)}})
-    # The kernel imports this checkout's package even when it is not pip-installed.
-    pythonpath = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
-    client.execute(env={**os.environ, "PYTHONPATH": pythonpath})
+    client.execute(env=kernel_env())
     reported: dict[str, list[str]] = {}
     for output in notebook.cells[-1].outputs:
         for line in output.get("text", "").splitlines():

@@ -25,7 +25,17 @@ from pathlib import Path
 
 from .notebook import MODEL_ENV
 
-BOOK_DIR = Path(__file__).resolve().parents[2] / "book"
+ROOT = Path(__file__).resolve().parents[2]
+BOOK_DIR = ROOT / "book"
+
+
+def kernel_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment for a notebook's kernel: this process's, plus ``extra``, with this
+    checkout first on PYTHONPATH. The kernel runs in the notebook's folder, so it would
+    otherwise miss a package that is not pip-installed (``PYTHONPATH=.`` on a GPU box
+    resolves against the notebook's folder there)."""
+    pythonpath = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    return {**os.environ, **(extra or {}), "PYTHONPATH": pythonpath}
 
 
 def run_notebook(path: Path, model: Path | None = None, timeout_s: int = 1800, save_to: Path | None = None) -> dict:
@@ -43,9 +53,7 @@ def run_notebook(path: Path, model: Path | None = None, timeout_s: int = 1800, s
     client = NotebookClient(nb, timeout=timeout_s, kernel_name="python3",
                             resources={"metadata": {"path": str(path.parent)}},
                             on_cell_execute=lambda cell, cell_index: current.update(cell=cell_index))
-    env = dict(os.environ)
-    if model is not None:
-        env[MODEL_ENV] = str(model.resolve())
+    env = kernel_env({MODEL_ENV: str(model.resolve())} if model is not None else None)
     start = time.perf_counter()
     failed_cell, error = None, None
     try:
