@@ -25,9 +25,10 @@ $(STAMP): pyproject.toml
 
 # Jupyter Book caches executed notebooks (execute_notebooks: cache in _config.yml) and
 # re-runs a notebook whose code changed; this stamp also drops the cache when the
-# package changes, since notebook outputs depend on it.
+# package changes, since notebook outputs depend on it, and Sphinx's saved environment,
+# which would otherwise keep the pages of notebooks whose own file did not change.
 _build/.package-stamp: $(PACKAGE_SOURCES) | $(STAMP)
-	rm -rf _build/.jupyter_cache
+	rm -rf _build/.jupyter_cache _build/.doctrees
 	@mkdir -p $(dir $@) && touch $@
 
 # Main job: build the book, executing its notebooks on the CPU with the package's small model.
