@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,6 +11,9 @@ import torch
 
 from .checks import as_bool, as_float, as_int, show
 from .distributed import check_devices
+from .models.kernel_registry import FUSED_KERNEL_MODES, FusedKernelsMode
+
+logger = logging.getLogger(__name__)
 
 ATTENTION_BACKENDS = ("auto", "torch", "triton", "flash_attn")
 PREFIX_CACHING_MODES = ("none", "hash", "radix")
@@ -35,6 +39,11 @@ class EngineConfig:
     floats are refused), float fields finite numbers, switches real bools (``"no"`` is
     not False), ``device`` one of 'auto', 'cpu', 'cuda', 'cuda:N' that this machine has.
 
+    ``fused_kernels``: on a GPU, which fused Triton kernels (RMSNorm, SwiGLU, RoPE,
+    Qwen3's q/k norm + RoPE; ``models/fused.py``) replace the PyTorch code:
+    ``"verified"`` (default) those recorded as having passed the GPU tests on a GPU
+    (``models/kernel_registry.py``), ``"all"``, or ``"none"``. Outputs do not change.
+
     ``tensor_parallel_size``: split the model over this many processes (chapter 8), on
     consecutive GPUs from ``device`` (which must all exist), or all on the CPU (gloo).
 
@@ -59,6 +68,7 @@ class EngineConfig:
     prefix_caching: str = "none"
     tensor_parallel_size: int = 1
     attention_backend: str = "auto"
+    fused_kernels: FusedKernelsMode = "verified"
     device: str = "auto"
     dtype: str = "auto"
     seed: int = 0
@@ -80,6 +90,8 @@ class EngineConfig:
             (self.seed >= 0, f"seed={self.seed} must be >= 0"),
             (self.attention_backend in ATTENTION_BACKENDS,
              f"attention_backend={self.attention_backend!r} is unknown; choose one of {ATTENTION_BACKENDS}"),
+            (self.fused_kernels in FUSED_KERNEL_MODES,
+             f"fused_kernels={self.fused_kernels!r} is unknown; choose one of {FUSED_KERNEL_MODES}"),
             (self.prefix_caching in PREFIX_CACHING_MODES,
              f"prefix_caching={self.prefix_caching!r} is unknown; choose one of {PREFIX_CACHING_MODES}"),
             (self.load_format in LOAD_FORMATS, f"load_format={self.load_format!r} is unknown; choose one of {LOAD_FORMATS}"),
@@ -138,11 +150,32 @@ class EngineConfig:
 
 
 def resolve_dtype(requested: str, checkpoint_dtype: torch.dtype | None, device: torch.device) -> torch.dtype:
-    """``auto`` keeps the checkpoint's dtype on a GPU and uses float32 on a CPU."""
-    if requested != "auto":
-        return getattr(torch, requested)
-    if device.type == "cpu":
+    """``auto`` keeps the checkpoint's dtype on a GPU and uses float32 on a CPU.
+
+    GPUs before Ampere (compute capability below 8.0: V100, T4, RTX 20xx) have no
+    bfloat16 arithmetic: ``auto`` then runs a bfloat16 checkpoint in float16 and logs
+    why; an explicit ``dtype="bfloat16"`` is refused before any weight is loaded.
+
+    Raises:
+        ValueError: ``dtype="bfloat16"`` on a GPU without bfloat16, naming the fix.
+    """
+    if requested == "auto" and device.type == "cpu":
         return torch.float32
-    if checkpoint_dtype in (torch.float16, torch.bfloat16):
-        return checkpoint_dtype
-    return torch.bfloat16
+    if requested == "auto":
+        dtype = checkpoint_dtype if checkpoint_dtype in (torch.float16, torch.bfloat16) else torch.bfloat16
+    else:
+        dtype = getattr(torch, requested)
+    if dtype == torch.bfloat16 and device.type == "cuda" and not _has_bf16(device):
+        card = f"{torch.cuda.get_device_name(device)} (sm_{''.join(map(str, torch.cuda.get_device_capability(device)))})"
+        if requested == "bfloat16":
+            raise ValueError(f"dtype='bfloat16' but {card} has no bfloat16 arithmetic (it needs compute capability "
+                             "8.0+, an A100/A10/RTX 30xx or newer); use dtype='float16' or 'auto'.")
+        logger.warning("%s has no bfloat16 arithmetic (compute capability below 8.0): running the bfloat16 "
+                       "checkpoint in float16 instead", card)
+        return torch.float16
+    return dtype
+
+
+def _has_bf16(device: torch.device) -> bool:
+    """bfloat16 tensor cores and arithmetic arrived with Ampere (compute capability 8.0)."""
+    return torch.cuda.get_device_capability(device) >= (8, 0)

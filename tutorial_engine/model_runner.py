@@ -30,6 +30,7 @@ from .distributed import broadcast_from_rank0, building_rank, min_over_ranks
 from .gpu_memory import MemoryProfile, profile_memory
 from .loader import load_weights
 from .models import CausalLM, DecoderSpec
+from .models.kernel_registry import select_fused_kernels
 from .sampler import Sampler
 from .step_plan import StepPlan
 from .transfer import to_device
@@ -105,6 +106,8 @@ class ModelRunner:
         self.block_size = config.kvcache_block_size
         self.max_model_len = max_model_len
         self.model = build_model(spec, config, device, dtype, tp_rank)
+        self.fused_kernels = select_fused_kernels(config.fused_kernels, device)
+        self.model.use_fused_kernels(self.fused_kernels)
         self.backend = get_attention_backend(config.attention_backend, device, config.kvcache_block_size, dtype)
         for layer in self.model.attention_layers():
             layer.backend = self.backend

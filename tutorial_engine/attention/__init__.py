@@ -8,6 +8,7 @@ Triton / flash-attn, so they are loaded only when asked for.
 from __future__ import annotations
 
 import importlib.util
+import logging
 import os
 from dataclasses import dataclass
 from typing import Callable
@@ -16,6 +17,8 @@ import torch
 
 from . import torch_backend
 from .metadata import AttentionMetadata
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -48,14 +51,32 @@ def _load(name: str) -> AttentionBackend:
     return AttentionBackend(name, module.store_kvcache, module.paged_attention, supports_cuda_graphs=True)
 
 
-def flash_attn_unusable_reason(block_size: int, dtype: torch.dtype) -> str | None:
-    """Why FlashAttention-2 cannot run this cache, or None: it takes float16/bfloat16
-    only, and reads a paged cache only in pages of a multiple of 256 tokens."""
+def flash_attn_unusable_reason(block_size: int, dtype: torch.dtype, device: torch.device | None = None) -> str | None:
+    """Why FlashAttention-2 cannot run this cache, or None: it needs an Ampere or newer
+    GPU, takes float16/bfloat16 only, and reads a paged cache only in pages of a
+    multiple of 256 tokens."""
+    if device is not None and device.type == "cuda" and torch.cuda.get_device_capability(device) < (8, 0):
+        major, minor = torch.cuda.get_device_capability(device)
+        return f"FlashAttention-2 needs compute capability 8.0+ (Ampere or newer), not sm_{major}{minor}"
     if dtype not in (torch.float16, torch.bfloat16):
         return f"FlashAttention-2 takes float16 or bfloat16, not {dtype}"
     if block_size % 256:
         return f"FlashAttention-2 reads pages of a multiple of 256 tokens, not kvcache_block_size={block_size}"
     return None
+
+
+def auto_attention_backend(device: torch.device, block_size: int, dtype: torch.dtype) -> tuple[str, str]:
+    """The backend ``auto`` picks for this device and cache, and why (a sentence)."""
+    if device.type != "cuda":
+        return "torch", "Triton and FlashAttention need a CUDA GPU (the Triton interpreter is far slower)"
+    if not _installed("triton"):
+        return "torch", "the `triton` package is not installed (a CUDA build of torch brings it)"
+    if not _installed("flash_attn"):
+        return "triton", "flash-attn is not installed (pip install flash-attn --no-build-isolation)"
+    reason = flash_attn_unusable_reason(block_size, dtype, device)
+    if reason is not None:
+        return "triton", reason
+    return "flash_attn", "flash-attn is installed and suits this cache"
 
 
 def get_attention_backend(name: str, device: torch.device, block_size: int = 256,
@@ -71,11 +92,9 @@ def get_attention_backend(name: str, device: torch.device, block_size: int = 256
         ValueError: when the named backend cannot run, saying what is missing and the fix.
     """
     if name == "auto":
-        if device.type != "cuda":
-            return TORCH_BACKEND
-        if _installed("flash_attn") and flash_attn_unusable_reason(block_size, dtype) is None:
-            return _load("flash_attn")
-        return _load("triton") if _installed("triton") else TORCH_BACKEND
+        chosen, why = auto_attention_backend(device, block_size, dtype)
+        logger.info("attention_backend='auto' runs %s on %s: %s", chosen, device, why)
+        return TORCH_BACKEND if chosen == "torch" else _load(chosen)
     if name == "torch":
         return TORCH_BACKEND
     if name == "triton":
@@ -92,7 +111,7 @@ def get_attention_backend(name: str, device: torch.device, block_size: int = 256
                 f"attention_backend='flash_attn' cannot run on {device}: it needs a CUDA GPU with the `flash-attn` "
                 "and `triton` packages installed; use 'triton', 'torch' or 'auto'."
             )
-        reason = flash_attn_unusable_reason(block_size, dtype)
+        reason = flash_attn_unusable_reason(block_size, dtype, device)
         if reason is not None:
             raise ValueError(f"attention_backend='flash_attn' cannot run this cache: {reason}; set "
                              "kvcache_block_size=256 and dtype='bfloat16', or use 'triton' or 'auto'.")
@@ -100,5 +119,5 @@ def get_attention_backend(name: str, device: torch.device, block_size: int = 256
     raise ValueError(f"attention_backend={name!r} is unknown; use 'auto', 'torch', 'triton' or 'flash_attn'.")
 
 
-__all__ = ["AttentionBackend", "AttentionMetadata", "TORCH_BACKEND", "flash_attn_unusable_reason",
+__all__ = ["AttentionBackend", "AttentionMetadata", "TORCH_BACKEND", "auto_attention_backend", "flash_attn_unusable_reason",
            "get_attention_backend"]

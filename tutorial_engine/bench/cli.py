@@ -38,6 +38,8 @@ def add_bench_parser(subparsers) -> None:
     p.add_argument("--num-kvcache-blocks", type=int, default=None)
     p.add_argument("--enforce-eager", action="store_true", help="CUDA graphs off")
     p.add_argument("--attention-backend", default="auto")
+    p.add_argument("--fused-kernels", default="verified", choices=("verified", "all", "none"),
+                   help="which fused Triton kernels run: the GPU-verified ones, all, or none")
     p.add_argument("--no-chunked-prefill", action="store_true")
     p.add_argument("--no-overlap", action="store_true", help="the plain loop (overlap scheduling off)")
     p.add_argument("--prefix-caching", default="none")

@@ -176,7 +176,7 @@ def engine_options(args: argparse.Namespace, dummy: bool) -> dict:
         max_model_len=args.max_model_len, max_num_seqs=args.max_num_seqs,
         max_num_batched_tokens=args.max_num_batched_tokens, gpu_memory_utilization=args.gpu_memory_utilization,
         enforce_eager=args.enforce_eager, attention_backend=args.attention_backend,
-        enable_chunked_prefill=not args.no_chunked_prefill, prefix_caching=args.prefix_caching,
+        fused_kernels=args.fused_kernels, enable_chunked_prefill=not args.no_chunked_prefill, prefix_caching=args.prefix_caching,
         overlap_scheduling=False if args.no_overlap else None,
         device=args.device, dtype=args.dtype, load_format="dummy" if dummy else "auto",
     )
@@ -221,6 +221,7 @@ def run_engine(model_path: str, requests: Requests, options: dict, temperature: 
         "step_series": profiler.series(),
         "counters": counters,
         "attention_backend": runner.backend.name,
+        "fused_kernels": sorted(runner.fused_kernels),
         "cuda_graphs": runner.graphs is not None,
         "cuda_graph_batch_sizes": runner.graphs.batch_sizes if runner.graphs else [],
         "kv_cache": {"num_blocks": engine.num_kvcache_blocks, "block_size": engine.config.kvcache_block_size,
@@ -317,7 +318,7 @@ def bench(args: argparse.Namespace, save=lambda result: None) -> dict:
 
 
 ENGINE_FLAGS = ("max_model_len", "max_num_seqs", "max_num_batched_tokens", "gpu_memory_utilization",
-                "attention_backend", "prefix_caching")
+                "attention_backend", "fused_kernels", "prefix_caching")
 
 
 def compare_with_nanovllm(args: argparse.Namespace, save) -> dict:

@@ -78,6 +78,7 @@ class Attention(nn.Module):
         self.q_norm = RMSNorm(spec.head_dim, spec.rms_norm_eps) if spec.qk_norm else None
         self.k_norm = RMSNorm(spec.head_dim, spec.rms_norm_eps) if spec.qk_norm else None
         self.attn = PagedAttention(self.num_heads, self.num_kv_heads, spec.head_dim)
+        self.fused_qk_norm_rope = False  # one kernel instead of six (models/fused.py); set on CUDA only
 
     def forward(
         self, positions: torch.Tensor, hidden: torch.Tensor, meta: AttentionMetadata
@@ -95,7 +96,7 @@ class Attention(nn.Module):
         """Qwen3's per-head RMSNorm of q and k (when the model has it), then RoPE."""
         if self.q_norm is None:
             return self.rotary_emb(positions, q, k)
-        if q.is_cuda:  # one fused kernel instead of six (see models/fused.py)
+        if self.fused_qk_norm_rope:
             from . import fused
 
             cos_sin = self.rotary_emb.cos_sin_cache
@@ -180,6 +181,19 @@ class CausalLM(nn.Module):
         """Logits ``[n, vocab]`` of ``hidden`` ``[n, hidden]``; None on tensor-parallel
         ranks other than 0 (rank 0 gathers the vocabulary shards and samples)."""
         return self.lm_head(hidden)
+
+    def use_fused_kernels(self, kernels: frozenset[str]) -> None:
+        """Switch the named fused Triton kernels on (the rest off): names from
+        ``kernel_registry.FUSED_KERNELS``, chosen by ``select_fused_kernels``."""
+        for module in self.modules():
+            if isinstance(module, RMSNorm):
+                module.fused = "rms_norm" in kernels
+            elif isinstance(module, SiluAndMul):
+                module.fused = "silu_and_mul" in kernels
+            elif isinstance(module, RotaryEmbedding):
+                module.fused = "rotary" in kernels
+            elif isinstance(module, Attention):
+                module.fused_qk_norm_rope = "qk_norm_rope" in kernels and module.q_norm is not None
 
     def attention_layers(self) -> list[PagedAttention]:
         return [layer.self_attn.attn for layer in self.model.layers]

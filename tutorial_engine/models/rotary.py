@@ -47,6 +47,7 @@ class RotaryEmbedding(nn.Module):
         inv_freq = rope_inv_freq(head_dim, theta, scaling)
         angles = torch.outer(torch.arange(max_position, dtype=torch.float32), inv_freq)
         self.register_buffer("cos_sin_cache", torch.cat([angles.cos(), angles.sin()], dim=-1), persistent=False)
+        self.fused = False  # one Triton kernel per tensor (models/fused.py); set on CUDA only
 
     @staticmethod
     def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -54,7 +55,7 @@ class RotaryEmbedding(nn.Module):
         return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1).to(x.dtype)
 
     def forward(self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if q.is_cuda:  # one fused Triton kernel per tensor (see models/fused.py)
+        if self.fused:
             from . import fused
 
             return fused.rotary(q, positions, self.cos_sin_cache), fused.rotary(k, positions, self.cos_sin_cache)
