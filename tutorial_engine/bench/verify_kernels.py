@@ -35,13 +35,17 @@ def passes(selection: str) -> bool:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--dry-run", action="store_true", help="report only; leave the record as it is")
+    parser.add_argument("--commit", default=None,
+                        help="the commit under test (default: git rev-parse HEAD; for a copy without .git)")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("verify_kernels needs a CUDA GPU: it records what passed on one.")
     card = torch.cuda.get_device_name()
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip() or "unknown"
+    commit = args.commit or subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
     dirty = subprocess.run(["git", "status", "--porcelain", "--", "tutorial_engine"], capture_output=True,
                            text=True).stdout.strip()
+    if not commit:
+        raise SystemExit("no git checkout here: pass --commit with the commit under test")
     parity = passes("greedy_parity")
     results = {kernel: parity and passes(f"test_{kernel}") for kernel in FUSED_KERNELS}
     record = load_verified()
