@@ -16,6 +16,7 @@ import argparse
 import dataclasses
 import datetime
 import json
+import shutil
 import subprocess
 import sys
 
@@ -32,6 +33,13 @@ def passes(selection: str) -> bool:
     return done.returncode == 0
 
 
+def git(*args: str) -> str:
+    """A git command's output here, or "" where there is no git or no repository."""
+    if shutil.which("git") is None:
+        return ""
+    return subprocess.run(["git", *args], capture_output=True, text=True).stdout.strip()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--dry-run", action="store_true", help="report only; leave the record as it is")
@@ -41,9 +49,8 @@ def main() -> None:
     if not torch.cuda.is_available():
         raise SystemExit("verify_kernels needs a CUDA GPU: it records what passed on one.")
     card = torch.cuda.get_device_name()
-    commit = args.commit or subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
-    dirty = subprocess.run(["git", "status", "--porcelain", "--", "tutorial_engine"], capture_output=True,
-                           text=True).stdout.strip()
+    commit = args.commit or git("rev-parse", "HEAD")
+    dirty = git("status", "--porcelain", "--", "tutorial_engine")
     if not commit:
         raise SystemExit("no git checkout here: pass --commit with the commit under test")
     parity = passes("greedy_parity")
