@@ -33,7 +33,7 @@ def check_backend(backend_name: str, query_lens: list[int], seq_lens: list[int],
                   head_dim: int, block_size: int, seed: int) -> float:
     batch = random_paged_batch(query_lens, seq_lens, num_heads, num_kv_heads, head_dim, block_size,
                                dtype=torch.bfloat16, device="cuda", seed=seed)
-    backend = get_attention_backend(backend_name, torch.device("cuda"))
+    backend = get_attention_backend(backend_name, torch.device("cuda"), block_size, torch.bfloat16)
     k_cache, v_cache = batch.k_cache.clone(), batch.v_cache.clone()
     backend.store_kvcache(batch.key, batch.value, k_cache, v_cache, batch.meta.slot_mapping)
     out = backend.paged_attention(batch.query, k_cache, v_cache, batch.meta, batch.scale)
