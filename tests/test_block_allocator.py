@@ -7,7 +7,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tutorial_engine import LLM, SamplingParams
-from tutorial_engine.block_manager import BlockAllocator, KVCacheManager
+from tutorial_engine.block_allocator import BlockAllocator
+from tutorial_engine.block_manager import KVCacheManager
 from tutorial_engine.sampling_params import SamplingParams as SP
 from tutorial_engine.sequence import Sequence
 
@@ -16,7 +17,7 @@ def assert_consistent(allocator: BlockAllocator) -> None:
     free = list(allocator.free_block_ids)
     assert len(free) == len(set(free)), "a block is in the free queue twice"
     for block_id, count in enumerate(allocator.ref_counts):
-        assert count >= 0
+        assert count >= 0, f"block {block_id} was freed more often than taken (ref count {count})"
         assert (count == 0) == (block_id in set(free)), f"block {block_id}: ref count {count} vs free queue"
 
 

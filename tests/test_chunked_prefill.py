@@ -126,7 +126,7 @@ def _run_with_late_long_prompt(path, chunked: bool, budget: int):
 
     def recording_schedule():
         out = original()
-        plans.append([(s.seq.seq_id, s.num_new_tokens, s.samples) for s in out.scheduled])
+        plans.append([(s.seq.seq_id, s.num_new_tokens, s.will_sample) for s in out.scheduled])
         return out
 
     engine.scheduler.schedule = recording_schedule
@@ -178,8 +178,8 @@ def test_long_prompt_is_split_and_partial_chunks_sample_nothing(tiny_checkpoints
     while sched.has_unfinished():
         out = sched.schedule()
         metrics.record_step(out.stats)
-        plans.append([(s.num_new_tokens, s.samples) for s in out.scheduled])
-        sched.update(out, [7] * sum(s.samples for s in out.scheduled))
+        plans.append([(s.num_new_tokens, s.will_sample) for s in out.scheduled])
+        sched.update_from_output(out, [7] * sum(s.will_sample for s in out.scheduled))
     assert plans == [[(16, False)]] * 6 + [[(4, True)], [(1, True)]]
     assert seq.output_token_ids == [7, 7]
     assert metrics.num_chunked_prefill_steps == 6
@@ -221,13 +221,13 @@ def test_scheduler_invariants_on_random_workloads(tiny_checkpoints, workload, bu
         assert len({s.seq.seq_id for s in out.scheduled}) == len(out.scheduled)
         for item in out.scheduled:
             assert 1 <= item.num_new_tokens and item.start + item.num_new_tokens <= item.seq.num_tokens
-            assert item.samples == (item.start + item.num_new_tokens == item.seq.num_tokens)
+            assert item.will_sample == (item.start + item.num_new_tokens == item.seq.num_tokens)
             assert item.seq.num_computed_tokens == item.start + item.num_new_tokens  # advanced when planned
         scheduled = {s.seq.seq_id for s in out.scheduled}
         if any(s.start < s.seq.num_tokens - 1 for s in out.scheduled):  # a prompt chunk ran...
             preempted = {s.seq_id for s in out.preempted}
             assert waiting_decodes - preempted <= scheduled  # ...so every running decode got its token first
-        sched.update(out, [9] * sum(s.samples for s in out.scheduled))
+        sched.update_from_output(out, [9] * sum(s.will_sample for s in out.scheduled))
     assert all(s.num_output_tokens == s.sampling_params.max_tokens for s in seqs)
     assert sched.kv_cache.num_free_blocks == num_blocks
     assert sum(metrics.batched_tokens_per_step) == metrics.num_prefill_tokens + metrics.num_decode_tokens

@@ -18,11 +18,11 @@ from tutorial_engine.prefix_cache import RadixTree
 from grading_both_ways import assert_graded_both_ways
 
 
-def _never_splits(sequences, page_size):
+def _never_splits(sequences, block_size):
     """Descends only through edges matched whole; otherwise adds the rest as a sibling."""
     root = {}
     for seq in sequences:
-        key = tuple(seq[: len(seq) // page_size * page_size])
+        key = tuple(seq[: len(seq) // block_size * block_size])
         node = root
         while key:
             edge = next((e for e in node if key[: len(e)] == e), None)
@@ -33,33 +33,33 @@ def _never_splits(sequences, page_size):
     return root
 
 
-def _splits_at_any_token(sequences, page_size):
-    """Page-aligned keys, but splits wherever the tokens differ."""
-    return ch04.radix_insert([s[: len(s) // page_size * page_size] for s in sequences], 1)
+def _splits_at_any_token(sequences, block_size):
+    """Block-aligned keys, but splits wherever the tokens differ."""
+    return ch04.radix_insert([s[: len(s) // block_size * block_size] for s in sequences], 1)
 
 
-def _keeps_partial_pages(sequences, page_size):
-    return ch04.radix_insert([s + [0] * (-len(s) % page_size) for s in sequences], page_size)
+def _keeps_partial_pages(sequences, block_size):
+    return ch04.radix_insert([s + [0] * (-len(s) % block_size) for s in sequences], block_size)
 
 
-def _token_level_match(tree, query, page_size):
-    """Counts matching tokens, not whole pages."""
+def _token_level_match(tree, query, block_size):
+    """Counts matching tokens, not whole blocks."""
     return ch04.radix_match(ch04.radix_insert(_paths(tree), 1), query, 1)
 
 
-def _whole_edge(tree, query, page_size):
-    """Counts the whole edge once its first page matches."""
+def _whole_edge(tree, query, block_size):
+    """Counts the whole edge once its first block matches."""
     node, matched = tree, 0
-    while len(query) - matched >= page_size:
-        edge = next((e for e in node if e[:page_size] == tuple(query[matched:matched + page_size])), None)
+    while len(query) - matched >= block_size:
+        edge = next((e for e in node if e[:block_size] == tuple(query[matched:matched + block_size])), None)
         if edge is None:
             break
         matched, node = matched + len(edge), node[edge]
     return matched
 
 
-def _first_level_only(tree, query, page_size):
-    return ch04.radix_match({e: {} for e in tree}, query, page_size)
+def _first_level_only(tree, query, block_size):
+    return ch04.radix_match({e: {} for e in tree}, query, block_size)
 
 
 def _paths(tree, prefix=()):
@@ -115,15 +115,15 @@ def test_insert_and_match_agree_with_the_engine_radix_tree():
     rng = random.Random(4)
     for _ in range(200):
         case = ch04.insert.make_case(rng)
-        tree, pages = RadixTree(case["page_size"]), itertools.count()
+        tree, blocks = RadixTree(case["block_size"]), itertools.count()
         for seq in case["sequences"]:
-            key = seq[: len(seq) // case["page_size"] * case["page_size"]]
-            tree.insert(key, [next(pages) for _ in range(len(key) // case["page_size"])])
+            key = seq[: len(seq) // case["block_size"] * case["block_size"]]
+            tree.insert(key, [next(blocks) for _ in range(len(key) // case["block_size"])])
         assert engine_tree(tree) == ch04.radix_insert(**case), case
         query = ch04.match.make_case(rng)["query"]
         matched, _ = tree.match_prefix(query)
-        assert len(matched) * case["page_size"] == ch04.radix_match(ch04.radix_insert(**case), query,
-                                                                     case["page_size"]), (case, query)
+        assert len(matched) * case["block_size"] == ch04.radix_match(ch04.radix_insert(**case), query,
+                                                                     case["block_size"]), (case, query)
 
 
 def test_hits_agree_with_the_engine_caches():

@@ -144,7 +144,7 @@ def engine_schedule(model_dir, prompt_lens, output_lens, budget, chunked) -> lis
     while scheduler.has_unfinished():
         out = scheduler.schedule()
         steps.append([(s.seq.seq_id, s.num_new_tokens) for s in out.scheduled])
-        scheduler.update(out, [7] * sum(s.samples for s in out.scheduled))
+        scheduler.update_from_output(out, [7] * sum(s.will_sample for s in out.scheduled))
     return steps
 
 

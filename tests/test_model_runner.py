@@ -36,7 +36,7 @@ def reference_prepare(out: SchedulerOutput, block_size: int) -> dict:
             slots.append(seq.block_table[p // block_size] * block_size + p % block_size)
         qsl.append(qsl[-1] + item.num_new_tokens)
         seq_lens.append(start + item.num_new_tokens)
-        if item.samples:
+        if item.will_sample:
             logits.append(qsl[-1] - 1)
     width = max(len(s.seq.block_table) for s in out.scheduled)
     tables = [s.seq.block_table + [0] * (width - len(s.seq.block_table)) for s in out.scheduled]

@@ -119,7 +119,7 @@ class HashChainExecutor:
     inputs are filled from the previous step's sampled tokens, as on the GPU."""
 
     def __init__(self, num_blocks: int, block_size: int) -> None:
-        self.num_kv_blocks = num_blocks
+        self.num_kvcache_blocks = num_blocks
         self.block_size = block_size
         self.slots = np.zeros(num_blocks * block_size, dtype=np.uint64)
         self.previous = np.zeros(0, dtype=np.int64)
@@ -128,7 +128,7 @@ class HashChainExecutor:
     def execute(self, plan: StepPlan) -> StepResult:
         self.plans.append(plan)
         ids = plan.input_ids.copy()
-        ids[plan.placeholder_index] = self.previous[plan.placeholder_rows]
+        ids[plan.placeholder_index] = self.previous[plan.input_rows]
         assert (ids >= 0).all(), "a placeholder was left unfilled"
         bs, seq_of_token = self.block_size, np.repeat(np.arange(plan.num_seqs), np.diff(plan.query_start_loc))
         states = np.zeros(plan.num_tokens, dtype=np.uint64)
@@ -186,7 +186,7 @@ def test_engine_loop_invariants(tiny_checkpoints, reqs, overlap, prefix_caching,
     assert len(seqs) == len(reqs)
     for i, seq in seqs.items():
         assert seq.output_token_ids == reference_tokens(seq.prompt_token_ids, seq.sampling_params)
-        assert seq.num_pending_tokens == 0 or seq.finish_reason == "stop"
+        assert seq.in_flight.num_tokens == 0 or seq.finish_reason == "stop"
     assert not engine.requests
     assert engine.kv_cache.num_free_blocks == num_blocks
     alloc = engine.kv_cache.allocator

@@ -1,7 +1,7 @@
 """Prefix caching without a model: the real scheduler and KV-cache manager drive a
 fake runner that writes, into every KV slot, the token prefix whose last token it
 holds. Before each step every sequence's cached context is read back and must be
-exactly its own tokens, so a cache that shares a wrong page (a collision, a page
+exactly its own tokens, so a cache that shares a wrong block (a collision, a block
 reused too early, a stale entry) fails here, with preemption, chunking and eviction
 all in play. Reference counts and free lists are checked after every step."""
 
@@ -12,6 +12,7 @@ import random
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tutorial_engine.step_plan import slot_of
 from tutorial_engine import SamplingParams
 from tutorial_engine.block_manager import KVCacheManager
 from tutorial_engine.metrics import Metrics
@@ -22,11 +23,11 @@ from tutorial_engine.sequence import Sequence, SequenceStatus
 
 
 def path_pages(node) -> list[int]:
-    pages = []
+    blocks = []
     while node.parent is not None:
-        pages[:0] = node.pages
+        blocks[:0] = node.blocks
         node = node.parent
-    return pages
+    return blocks
 
 
 def num_cached_pages(kv: KVCacheManager, running: list[Sequence]) -> int:
@@ -37,9 +38,9 @@ def num_cached_pages(kv: KVCacheManager, running: list[Sequence]) -> int:
         return len(cache.by_block)
     if isinstance(cache, RadixPrefixCache):
         for node in cache.tree.nodes():
-            if node.lock_ref == 0:  # unlocked: only the tree holds its pages
-                assert all(kv.allocator.ref_counts[p] == 1 for p in node.pages)
-        for seq in running:  # a running sequence uses the tree's pages for its locked path
+            if node.lock_ref == 0:  # unlocked: only the tree holds its blocks
+                assert all(kv.allocator.ref_counts[p] == 1 for p in node.blocks)
+        for seq in running:  # a running sequence uses the tree's blocks for its locked path
             path = cache.paths[seq.seq_id]
             assert seq.block_table[: path.num_tokens // kv.block_size] == path_pages(path.node)
         return cache.tree.total_size
@@ -80,11 +81,11 @@ def simulate(tmp_path, mode: str, waves: list[list[list[int]]], block_size: int,
                 seq, start = item.seq, item.start
                 assert item.num_new_tokens >= 1  # even a full cache hit computes the last token
                 for p in range(start):  # what attention will read
-                    assert content[kv.slot(seq, p)] == tuple(seq.token_ids[: p + 1]), "wrong KV served"
+                    assert content[slot_of(seq.block_table[p // kv.block_size], p, kv.block_size)] == tuple(seq.token_ids[: p + 1]), "wrong KV served"
                 for p in range(start, start + item.num_new_tokens):
-                    content[kv.slot(seq, p)] = tuple(seq.token_ids[: p + 1])
-            sampled = [sum(s.seq.token_ids) * 7 % 5 for s in out.scheduled if s.samples]
-            scheduler.update(out, sampled)
+                    content[slot_of(seq.block_table[p // kv.block_size], p, kv.block_size)] = tuple(seq.token_ids[: p + 1])
+            sampled = [sum(s.seq.token_ids) * 7 % 5 for s in out.scheduled if s.will_sample]
+            scheduler.update_from_output(out, sampled)
             check_allocator(kv, scheduler.running)
     assert all(s.status is SequenceStatus.FINISHED for s in seqs)
     assert kv.num_free_blocks == num_blocks  # everything left is free or evictable

@@ -31,4 +31,4 @@ def test_radix_frames_split_and_evict_and_render():
     assert after_split["label"] == "1 2" and len(after_split["children"]) == 2
     assert len(stepper.frames[3].data["children"][0]["children"]) == 1
     html = stepper.animation(dpi=40).data
-    assert "<img" in html or "data:image/png" in html
+    assert html.count("data:image/png;base64") == len(stepper.frames)  # one rendered picture per frame

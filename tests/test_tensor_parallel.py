@@ -29,7 +29,8 @@ import torch
 
 from tutorial_engine import LLM, SamplingParams
 from tutorial_engine.book.tiny import write_tiny_checkpoint
-from tutorial_engine.distributed import building_rank, check_tensor_parallel
+from tutorial_engine.distributed import building_rank
+from tutorial_engine.tp_executor import check_tensor_parallel
 from tutorial_engine.loader import decoder_spec, load_hf_config, load_weights
 from tutorial_engine.models import CausalLM
 

@@ -35,7 +35,7 @@ class BlockAllocator:
     def allocate(self) -> int:
         """Take a free block; its ref count becomes 1. Raises RuntimeError when none is free."""
         if not self.free_block_ids:
-            raise RuntimeError("out of KV-cache blocks; the scheduler must check can_allocate first")
+            raise RuntimeError("out of KV-cache blocks: allocate only after KVCacheManager.allocate_slots has checked num_free_blocks")
         block_id = self.free_block_ids.popleft()
         self.ref_counts[block_id] = 1
         return block_id

@@ -17,6 +17,7 @@ computed tokens; the scheduler and the prefix caches ask it to.
 from __future__ import annotations
 
 from .block_allocator import BlockAllocator
+from .config import PrefixCachingMode
 from .prefix_cache import PrefixCache, make_prefix_cache
 from .sequence import Sequence
 
@@ -30,7 +31,7 @@ class KVCacheManager:
         prefix_caching: "none", "hash" or "radix" (see :func:`make_prefix_cache`).
     """
 
-    def __init__(self, num_blocks: int, block_size: int, prefix_caching: str = "none") -> None:
+    def __init__(self, num_blocks: int, block_size: int, prefix_caching: PrefixCachingMode = "none") -> None:
         self.block_size = block_size
         self.allocator = BlockAllocator(num_blocks)
         self.prefix_cache: PrefixCache | None = make_prefix_cache(prefix_caching, self.allocator, block_size)
@@ -105,9 +106,3 @@ class KVCacheManager:
         seq.block_table.clear()
         seq.num_computed_tokens = 0
 
-    def slot(self, seq: Sequence, position: int) -> int:
-        """Flat cache slot of token ``position`` of ``seq``."""
-        return seq.block_table[position // self.block_size] * self.block_size + position % self.block_size
-
-
-__all__ = ["BlockAllocator", "KVCacheManager"]

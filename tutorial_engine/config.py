@@ -6,6 +6,7 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal, get_args
 
 import torch
 
@@ -15,10 +16,16 @@ from .models.kernel_registry import FUSED_KERNEL_MODES, FusedKernelsMode
 
 logger = logging.getLogger(__name__)
 
-ATTENTION_BACKENDS = ("auto", "torch", "triton", "flash_attn")
-PREFIX_CACHING_MODES = ("none", "hash", "radix")
-LOAD_FORMATS = ("auto", "dummy")
-SCHEDULING_POLICIES = ("fcfs", "sjf")
+AttentionBackendName = Literal["auto", "torch", "triton", "flash_attn"]
+PrefixCachingMode = Literal["none", "hash", "radix"]
+LoadFormat = Literal["auto", "dummy"]
+DType = Literal["auto", "float32", "float16", "bfloat16"]
+SchedulingPolicy = Literal["fcfs", "sjf"]
+ATTENTION_BACKENDS = get_args(AttentionBackendName)
+PREFIX_CACHING_MODES = get_args(PrefixCachingMode)
+LOAD_FORMATS = get_args(LoadFormat)
+SCHEDULING_POLICIES = get_args(SchedulingPolicy)
+DTYPES = get_args(DType)
 
 
 @dataclass
@@ -65,15 +72,15 @@ class EngineConfig:
     enforce_eager: bool = False
     enable_chunked_prefill: bool = True
     overlap_scheduling: bool | None = None
-    prefix_caching: str = "none"
+    prefix_caching: PrefixCachingMode = "none"
     tensor_parallel_size: int = 1
-    attention_backend: str = "auto"
+    attention_backend: AttentionBackendName = "auto"
     fused_kernels: FusedKernelsMode = "verified"
     device: str = "auto"
-    dtype: str = "auto"
+    dtype: DType = "auto"
     seed: int = 0
-    load_format: str = "auto"
-    scheduling_policy: str = "fcfs"
+    load_format: LoadFormat = "auto"
+    scheduling_policy: SchedulingPolicy = "fcfs"
 
     def __post_init__(self) -> None:
         self._check_types()
@@ -97,7 +104,7 @@ class EngineConfig:
             (self.load_format in LOAD_FORMATS, f"load_format={self.load_format!r} is unknown; choose one of {LOAD_FORMATS}"),
             (self.scheduling_policy in SCHEDULING_POLICIES,
              f"scheduling_policy={self.scheduling_policy!r} is unknown; choose one of {SCHEDULING_POLICIES}"),
-            (self.dtype in ("auto", "float32", "float16", "bfloat16"),
+            (self.dtype in DTYPES,
              f"dtype={self.dtype!r} is unknown; choose 'auto', 'float32', 'float16' or 'bfloat16'"),
         ]
         for ok, message in checks:

@@ -17,13 +17,9 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import TYPE_CHECKING
 
 import torch
 import torch.distributed as dist
-
-if TYPE_CHECKING:
-    from .models.decoder import DecoderSpec
 
 # A collective that waits longer than this raises (gloo) or aborts (NCCL's watchdog)
 # instead of hanging forever when a rank is gone.
@@ -61,34 +57,6 @@ def building_rank(rank: int, world_size: int) -> Iterator[None]:
         yield
     finally:
         _building = previous
-
-
-def check_tensor_parallel(spec: DecoderSpec, world_size: int) -> None:
-    """Can ``spec`` be split ``world_size`` ways? Each rank must get whole query heads
-    and whole MLP columns. KV heads: split when ``world_size`` divides them; when there
-    are fewer KV heads than ranks and ``world_size`` is a multiple of them, each KV head
-    is replicated on ``world_size / num_kv_heads`` ranks (as vLLM does); anything else
-    is refused. The vocabulary needs no rule (the last shard is padded).
-
-    Raises:
-        ValueError: naming the config.json field, its value and the sizes that work.
-    """
-    if world_size == 1:
-        return
-
-    def fix(total: int) -> str:
-        sizes = [n for n in range(1, total + 1) if total % n == 0]
-        return f"choose a tensor_parallel_size that divides it: {sizes}"
-
-    for field, value in (("num_attention_heads", spec.num_heads), ("intermediate_size", spec.intermediate_size)):
-        if value % world_size:
-            raise ValueError(f"tensor_parallel_size={world_size} does not divide {field}={value} of the "
-                             f"model, so the ranks cannot get equal shards; {fix(value)}.")
-    kv = spec.num_kv_heads
-    if kv % world_size and world_size % kv:
-        raise ValueError(f"tensor_parallel_size={world_size} neither divides num_key_value_heads={kv} nor is a "
-                         f"multiple of it (then each KV head would be replicated); {fix(kv)}, or a multiple of "
-                         f"{kv} that divides num_attention_heads={spec.num_heads}.")
 
 
 def check_devices(device: torch.device, world_size: int) -> None:

@@ -38,7 +38,7 @@ logger = logging.getLogger(__name__)
 class InFlightStep:
     """A launched step whose tokens have not been processed yet."""
 
-    out: SchedulerOutput
+    scheduler_output: SchedulerOutput
     result: StepResult
 
 
@@ -70,7 +70,7 @@ class LLMEngine:
                                    else self.device.type == "cuda")
         self.executor: Executor = executor or make_executor(config, self.spec, self.device, self.dtype,
                                                             self.max_model_len)
-        num_blocks = self.executor.num_kv_blocks
+        num_blocks = self.executor.num_kvcache_blocks
         self.kv_cache = KVCacheManager(num_blocks, config.kvcache_block_size, config.prefix_caching)
         scheduler_config = SchedulerConfig(config.max_num_seqs, config.max_num_batched_tokens, self.max_model_len,
                                            config.enable_chunked_prefill, config.scheduling_policy)
@@ -144,46 +144,44 @@ class LLMEngine:
         the steps being planned or in flight are aborted, so the engine stays
         consistent and the other requests go on at the next call.
         """
-        steps: list[SchedulerOutput] = [self._in_flight.out] if self._in_flight is not None else []
+        steps: list[SchedulerOutput] = [self._in_flight.scheduler_output] if self._in_flight is not None else []
         try:
-            out = self.scheduler.schedule()
-            steps.append(out)
+            scheduler_output = self.scheduler.schedule()
+            steps.append(scheduler_output)
+            if scheduler_output.is_empty and self._in_flight is None:
+                raise RuntimeError("the scheduler found nothing to run although requests are pending")
             if self.overlap_scheduling:
-                return self._step_overlapped(out)
-            return self._step_plain(out)
+                return self._step_overlapped(scheduler_output)
+            return self._step_plain(scheduler_output)
         except BaseException as err:
             aborted = self._abort_steps(steps)
             if aborted and hasattr(err, "add_note"):
                 err.add_note(f"tutorial_engine aborted the requests of the failed step: {aborted}")
             raise
 
-    def _step_plain(self, out: SchedulerOutput) -> list[Sequence]:
+    def _step_plain(self, scheduler_output: SchedulerOutput) -> list[Sequence]:
         """Plan, run, wait, update: chapters 2-6."""
-        if out.is_empty:
-            raise RuntimeError("the scheduler found nothing to run although requests are pending")
-        result = self._launch(out)
-        return self._complete(InFlightStep(out, result))
+        return self._complete(InFlightStep(scheduler_output, self._execute(scheduler_output)))
 
-    def _step_overlapped(self, out: SchedulerOutput) -> list[Sequence]:
+    def _step_overlapped(self, scheduler_output: SchedulerOutput) -> list[Sequence]:
         """Launch the step just planned, then process the one the GPU ran before it:
         the CPU work of step N+1 (planning, building inputs) happened while the GPU
         ran step N, and processing N's tokens happens while it runs N+1."""
-        launched = InFlightStep(out, self._launch(out)) if not out.is_empty else None
-        if launched is None and self._in_flight is None:
-            raise RuntimeError("the scheduler found nothing to run although requests are pending")
+        launched = InFlightStep(scheduler_output, self._execute(scheduler_output)) if not scheduler_output.is_empty else None
         previous, self._in_flight = self._in_flight, launched
         return self._complete(previous) if previous is not None else []
 
-    def _launch(self, out: SchedulerOutput) -> StepResult:
-        plan = build_step_plan(out, self.config.kvcache_block_size, self._finished_ids)
+    def _execute(self, scheduler_output: SchedulerOutput) -> StepResult:
+        """Build the step's plan and hand it to the executor, which launches it on the device."""
+        plan = build_step_plan(scheduler_output, self.config.kvcache_block_size, self._finished_ids)
         result = self.executor.execute(plan)
         self._finished_ids = []  # delivered with the plan (kept if the launch failed)
-        self.metrics.record_step(out.stats)
+        self.metrics.record_step(scheduler_output.stats)
         return result
 
     def _complete(self, step: InFlightStep) -> list[Sequence]:
         """Wait for a step's tokens and hand them to the scheduler."""
-        finished = self.scheduler.update(step.out, step.result.token_ids())
+        finished = self.scheduler.update_from_output(step.scheduler_output, step.result.token_ids())
         for seq in finished:
             del self.requests[seq.seq_id]
             self._finished_ids.append(seq.seq_id)
@@ -195,8 +193,8 @@ class LLMEngine:
         they computed: its pages up to there are the only ones the prefix cache keeps."""
         self._in_flight = None
         first_start: dict[int, int] = {}
-        for out in steps:
-            for item in out.scheduled:
+        for scheduler_output in steps:
+            for item in scheduler_output.scheduled:
                 first_start[item.seq.seq_id] = min(item.start, first_start.get(item.seq.seq_id, item.start))
         aborted = sorted(seq_id for seq_id in first_start if seq_id in self.requests)
         for seq_id in aborted:

@@ -1,7 +1,7 @@
 """Where step plans run. The engine talks to its model only through an executor:
 
 ``execute(plan) -> StepResult`` launches a step and returns without waiting for the
-device, ``num_kv_blocks`` says how many KV pages each rank allocated (the scheduler
+device, ``num_kvcache_blocks`` says how many KV pages each rank allocated (the scheduler
 plans with that many), ``shutdown()`` gives the devices back.
 
 :class:`InProcessExecutor` runs one :class:`~tutorial_engine.model_runner.ModelRunner`
@@ -23,7 +23,7 @@ from .step_plan import StepPlan
 
 
 class Executor(Protocol):
-    num_kv_blocks: int
+    num_kvcache_blocks: int
 
     def execute(self, plan: StepPlan) -> StepResult: ...
 
@@ -38,8 +38,8 @@ class InProcessExecutor:
         self.runner = ModelRunner(config, spec, device, dtype, max_model_len)
 
     @property
-    def num_kv_blocks(self) -> int:
-        return self.runner.num_kv_blocks
+    def num_kvcache_blocks(self) -> int:
+        return self.runner.num_kvcache_blocks
 
     def execute(self, plan: StepPlan) -> StepResult:
         return self.runner.execute(plan)

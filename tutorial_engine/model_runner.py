@@ -27,7 +27,7 @@ from .attention import AttentionMetadata, get_attention_backend
 from .config import EngineConfig
 from .cuda_graph import CUDAGraphDecoder, graphs_unavailable_reason
 from .distributed import broadcast_from_rank0, building_rank, min_over_ranks
-from .gpu_memory import MemoryProfile, profile_memory
+from .gpu_memory import MemoryProfile, worst_case_plan
 from .loader import load_weights
 from .models import CausalLM, DecoderSpec
 from .models.kernel_registry import select_fused_kernels
@@ -122,7 +122,7 @@ class ModelRunner:
     # -- memory -----------------------------------------------------------------------
 
     @property
-    def num_kv_blocks(self) -> int:
+    def num_kvcache_blocks(self) -> int:
         return self.kv_cache.shape[2] if self.kv_cache is not None else 0
 
     def _auto_num_blocks(self) -> int:
@@ -137,7 +137,7 @@ class ModelRunner:
                                              self.model.attention_layers()[0].num_kv_heads)
         if self.device.type == "cuda":
             with_graphs = graphs_unavailable_reason(config, self.device, self.backend) is None
-            self.memory_profile = profile_memory(self, self.max_model_len, per_block, with_graphs)
+            self.memory_profile = self.profile_memory(per_block, with_graphs)
             logger.info("GPU memory (GiB): %s", self.memory_profile.as_gib())
             budget = self.memory_profile.kv_cache
         else:
@@ -151,6 +151,54 @@ class ModelRunner:
             raise ValueError(f"no memory is left for the KV cache after loading the model; raise {knob} "
                              "or use a smaller model / dtype.")
         return num_blocks
+
+    def _peak_extra_bytes(self, plan: StepPlan) -> int:
+        """Memory a step allocates beyond what is already held, at its peak."""
+        torch.cuda.synchronize(self.device)
+        torch.cuda.reset_peak_memory_stats(self.device)
+        base = torch.cuda.memory_allocated(self.device)
+        self.launch(plan)
+        torch.cuda.synchronize(self.device)
+        return torch.cuda.max_memory_allocated(self.device) - base
+
+    def profile_memory(self, bytes_per_block: int, with_graphs: bool) -> MemoryProfile:
+        """Measure a worst-case step and split ``gpu_memory_utilization`` of the card.
+
+        The prefill probe is ``max_num_batched_tokens`` tokens as sequences of
+        ``min(max_model_len, max_num_batched_tokens)`` tokens (long sequences are the
+        worst case for attention); the decode probe is ``max_num_seqs`` one-token
+        sequences, each sampled with top-p. Both run on a temporary cache that is freed
+        afterwards; the runner ends with no KV cache (see ``gpu_memory.py``).
+
+        Raises:
+            ValueError: when nothing is left for the KV cache.
+        """
+        config, device, max_model_len = self.config, self.device, self.max_model_len
+        gc.collect()  # engines dropped but not yet collected would still count as used memory
+        torch.cuda.empty_cache()
+        seq_len = min(max_model_len, config.max_num_batched_tokens)
+        num_seqs = max(1, min(config.max_num_seqs, config.max_num_batched_tokens // seq_len))
+        prefill_blocks = num_seqs * math.ceil(seq_len / self.block_size)
+        self.allocate_kv_cache(prefill_blocks + config.max_num_seqs)
+        try:
+            prefill = self._peak_extra_bytes(worst_case_plan([seq_len] * num_seqs, self.block_size, 0))
+            decode = self._peak_extra_bytes(worst_case_plan([1] * config.max_num_seqs, self.block_size, prefill_blocks))
+        finally:
+            self.free_kv_cache()
+            torch.cuda.empty_cache()
+        free, total = torch.cuda.mem_get_info(device)
+        non_torch = total - free - torch.cuda.memory_reserved(device)
+        weights = torch.cuda.memory_allocated(device)
+        graph_reserve = decode if with_graphs else 0
+        kv_cache = int(total * config.gpu_memory_utilization) - non_torch - weights - max(prefill, decode) - graph_reserve
+        profile = MemoryProfile(total, non_torch, weights, prefill, decode, graph_reserve, kv_cache)
+        if kv_cache < bytes_per_block:
+            raise ValueError(
+                f"no GPU memory is left for the KV cache: {profile.as_gib()} GiB (gpu_memory_utilization="
+                f"{config.gpu_memory_utilization}); raise gpu_memory_utilization, lower max_num_batched_tokens "
+                "or max_num_seqs, or use a smaller model / dtype."
+            )
+        return profile
 
     def allocate_kv_cache(self, num_blocks: int) -> None:
         """Allocate ``num_blocks`` pages per layer and point every attention layer at them."""
@@ -194,11 +242,7 @@ class ModelRunner:
         device, so the CPU never waits for them."""
         input_ids = self._to_device(plan.input_ids)
         if len(plan.placeholder_index):
-            rows = self._to_device(plan.placeholder_rows)
-            if len(plan.placeholder_index) == plan.num_tokens:  # a decode step of overlapped requests
-                input_ids = self.previous_sampled[rows]
-            else:
-                input_ids[self._to_device(plan.placeholder_index)] = self.previous_sampled[rows]
+            input_ids[self._to_device(plan.placeholder_index)] = self.previous_sampled[self._to_device(plan.input_rows)]
         query_lens = np.diff(plan.query_start_loc)
         meta = AttentionMetadata(
             slot_mapping=self._to_device(plan.slot_mapping),

@@ -16,11 +16,12 @@ When the KV cache runs out of pages the most recently admitted sequence is
 preempted by *recompute* (vLLM, Kwon et al., SOSP 2023, section 4.5): its pages are
 freed and it returns to the front of the queue, keeping its generated tokens.
 
-A planned step counts its tokens as computed at once (vLLM v1 does the same), and
-:meth:`Scheduler.update` appends the sampled tokens when the step's result arrives.
-In the plain loop the result arrives before the next plan; with overlap scheduling
-(chapter 7) the next step is planned first, so a sequence may have one token in
-flight (``Sequence.num_pending_tokens``) while it is scheduled again.
+A planned step counts its tokens as computed at once (vLLM v1's
+``_update_after_schedule`` does the same), and :meth:`Scheduler.update_from_output`
+appends the sampled tokens when the step's result arrives. In the plain loop the
+result arrives before the next plan; with overlap scheduling (chapter 7) the next step
+is planned first, so a sequence may have a token in flight while it is scheduled
+again (``Sequence.in_flight``; the rules are in ``in_flight.py``).
 """
 
 from __future__ import annotations
@@ -28,10 +29,10 @@ from __future__ import annotations
 import time
 from collections import deque
 from dataclasses import dataclass, field
-
 from .block_manager import KVCacheManager
+from .config import SchedulingPolicy
 from .metrics import StepStats
-from .sequence import Sequence, SequenceStatus
+from .sequence import FinishReason, Sequence, SequenceStatus
 
 
 @dataclass(frozen=True)
@@ -42,7 +43,7 @@ class SchedulerConfig:
     max_num_batched_tokens: int
     max_model_len: int
     enable_chunked_prefill: bool = True
-    policy: str = "fcfs"  # admission order: "fcfs" or "sjf" (shortest prompt first)
+    policy: SchedulingPolicy = "fcfs"  # admission order: first come first served, or shortest prompt first
 
 
 @dataclass
@@ -50,23 +51,23 @@ class ScheduledSequence:
     """``num_new_tokens`` of ``seq``'s uncomputed tokens run this step.
 
     Fixed when the step is planned: ``start``, the position of the first new token
-    (the tokens computed before the step); ``samples``, True when the step reaches the
-    sequence's last token, so its logits give the next token (a partial prefill chunk
-    samples nothing); ``input_row``, for a sequence whose last token is still in
+    (the tokens computed before the step); ``will_sample``, True when the step reaches
+    the sequence's last token, so its logits give the next token (a partial prefill
+    chunk samples nothing); ``input_row``, for a sequence whose last token is still in
     flight, the row of the previous step's sampled tokens that holds it (else -1).
     """
 
     seq: Sequence
     num_new_tokens: int
     start: int = field(init=False)
-    samples: bool = field(init=False)
+    will_sample: bool = field(init=False)
     input_row: int = field(init=False)
 
     def __post_init__(self) -> None:
         seq = self.seq
         self.start = seq.num_computed_tokens
-        self.samples = self.start + self.num_new_tokens == seq.num_tokens + seq.num_pending_tokens
-        self.input_row = seq.pending_sample_row if seq.num_pending_tokens else -1
+        self.will_sample = self.start + self.num_new_tokens == seq.num_tokens + seq.in_flight.num_tokens
+        self.input_row = seq.in_flight.pending_input_row()
 
 
 @dataclass
@@ -114,44 +115,38 @@ class Scheduler:
 
     def schedule(self) -> SchedulerOutput:
         """Plan one step. Never exceeds ``max_num_batched_tokens`` or ``max_num_seqs``."""
-        out = SchedulerOutput()
+        scheduler_output = SchedulerOutput()
         if self.chunked_prefill:
-            budget = self._schedule_running(out, self.token_budget)
-            if not out.preempted:
-                self._schedule_waiting(out, budget)
-        elif not self._schedule_waiting(out, self.token_budget):
-            self._schedule_running(out, self.token_budget)
-        self._launch(out)
-        return out
+            budget = self._schedule_running(scheduler_output, self.token_budget)
+            if not scheduler_output.preempted:
+                self._schedule_waiting(scheduler_output, budget)
+        elif not self._schedule_waiting(scheduler_output, self.token_budget):
+            self._schedule_running(scheduler_output, self.token_budget)
+        self._update_after_schedule(scheduler_output)
+        return scheduler_output
 
-    def _schedule_running(self, out: SchedulerOutput, budget: int) -> int:
+    def _schedule_running(self, scheduler_output: SchedulerOutput, budget: int) -> int:
         """Give running sequences their tokens, decodes before unfinished prefills."""
         ordered = sorted(self.running, key=lambda s: s.num_uncomputed_tokens > 1)
         scheduled_ids: set[int] = set()
         for seq in ordered:
             if budget == 0:
                 break
-            if seq.status is not SequenceStatus.RUNNING or self._ends_with_pending_token(seq):
+            if seq.status is not SequenceStatus.RUNNING or seq.in_flight.ends_by_length(
+                    seq.num_tokens, seq.num_prompt_tokens, seq.sampling_params.max_tokens, self.max_model_len):
                 continue
             num_new = min(seq.num_uncomputed_tokens, budget)
             while not self.kv_cache.allocate_slots(seq, num_new):
                 victims = [s for s in self.running if s.seq_id not in scheduled_ids and s is not seq]
                 victim = victims[-1] if victims else seq
-                self._preempt(victim, out)
+                self._preempt(victim, scheduler_output)
                 if victim is seq:
                     break
             if seq.status is SequenceStatus.RUNNING:
-                out.scheduled.append(ScheduledSequence(seq, num_new))
+                scheduler_output.scheduled.append(ScheduledSequence(seq, num_new))
                 scheduled_ids.add(seq.seq_id)
                 budget -= num_new
         return budget
-
-    def _ends_with_pending_token(self, seq: Sequence) -> bool:
-        """True when the token still in flight will end ``seq`` by length, so planning
-        another step for it would be wasted (only with overlap scheduling)."""
-        num_tokens = seq.num_tokens + seq.num_pending_tokens
-        return seq.num_pending_tokens > 0 and (
-            num_tokens - seq.num_prompt_tokens >= seq.sampling_params.max_tokens or num_tokens >= self.max_model_len)
 
     def _next_waiting(self) -> Sequence:
         """The queued request to admit next: the oldest (``fcfs``; a preempted request
@@ -162,13 +157,13 @@ class Scheduler:
             return min(self.waiting, key=lambda s: s.num_tokens)
         return self.waiting[0]
 
-    def _schedule_waiting(self, out: SchedulerOutput, budget: int) -> bool:
+    def _schedule_waiting(self, scheduler_output: SchedulerOutput, budget: int) -> bool:
         """Admit queued requests, in the order of the scheduling policy, while budget,
         batch slots and pages last. Returns True if any was admitted."""
         admitted = False
         while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs:
             seq = self._next_waiting()
-            if seq.num_pending_tokens:  # preempted with a token in flight: admit it once it arrived
+            if seq.in_flight.num_tokens:  # preempted with a token in flight: admit it once it arrived
                 break
             num_hit = self.kv_cache.match_prefix(seq)  # cached prefix pages: nothing to compute
             num_new = min(seq.num_uncomputed_tokens, budget)
@@ -177,49 +172,48 @@ class Scheduler:
                 self.kv_cache.free(seq)  # hand the matched pages back; retry next step
                 break
             if self.kv_cache.prefix_cache is not None:
-                out.stats.prefix_queried_tokens += seq.num_tokens
-                out.stats.prefix_hit_tokens += num_hit
+                scheduler_output.stats.prefix_queried_tokens += seq.num_tokens
+                scheduler_output.stats.prefix_hit_tokens += num_hit
             if seq.num_preemptions == 0:
                 seq.num_cached_tokens = num_hit
             self.waiting.remove(seq)
             seq.status = SequenceStatus.RUNNING
             self.running.append(seq)
-            out.scheduled.append(ScheduledSequence(seq, num_new))
+            scheduler_output.scheduled.append(ScheduledSequence(seq, num_new))
             budget -= num_new
             admitted = True
         return admitted
 
-    def _preempt(self, seq: Sequence, out: SchedulerOutput) -> None:
+    def _preempt(self, seq: Sequence, scheduler_output: SchedulerOutput) -> None:
         self.kv_cache.free(seq)
         seq.num_preemptions += 1
         seq.status = SequenceStatus.WAITING
         self.running.remove(seq)
         self.waiting.appendleft(seq)
-        out.preempted.append(seq)
+        scheduler_output.preempted.append(seq)
 
-    def _launch(self, out: SchedulerOutput) -> None:
-        """The plan is final: count its tokens as computed, note which row of the
-        step's sampled tokens each sampling sequence will find its token in, and
-        fill the step's statistics."""
-        stats = out.stats
-        stats.num_preemptions = len(out.preempted)
+    def _update_after_schedule(self, scheduler_output: SchedulerOutput) -> None:
+        """Commit the plan: count its tokens as computed, note which row of the step's
+        sampled tokens each sampling sequence will find its token in, and fill the
+        step's statistics."""
+        stats = scheduler_output.stats
+        stats.num_preemptions = len(scheduler_output.preempted)
         row = 0
-        for item in out.scheduled:
+        for item in scheduler_output.scheduled:
             seq = item.seq
-            if item.num_new_tokens == 1 and item.samples and item.start >= seq.num_prompt_tokens:
+            if item.num_new_tokens == 1 and item.will_sample and item.start >= seq.num_prompt_tokens:
                 stats.num_decode_tokens += 1
             else:
                 stats.num_prefill_tokens += item.num_new_tokens
-            stats.has_partial_prefill |= not item.samples
+            stats.has_partial_prefill |= not item.will_sample
             self.kv_cache.advance(seq, item.num_new_tokens)
-            if item.samples:
-                seq.num_pending_tokens += 1
-                seq.pending_sample_row = row
+            if item.will_sample:
+                seq.in_flight.launch(row)
                 row += 1
 
     # -- results ----------------------------------------------------------------------
 
-    def update(self, out: SchedulerOutput, sampled_token_ids: list[int]) -> list[Sequence]:
+    def update_from_output(self, scheduler_output: SchedulerOutput, sampled_token_ids: list[int]) -> list[Sequence]:
         """The step ``out`` ran: append its sampled tokens (one per sampling sequence,
         in scheduled order), let the prefix cache publish full pages, and finish (and
         free) the sequences that stop. A sequence that already finished while this
@@ -228,13 +222,13 @@ class Scheduler:
         now = time.perf_counter()
         tokens = iter(sampled_token_ids)
         finished = []
-        for item in out.scheduled:
+        for item in scheduler_output.scheduled:
             seq = item.seq
-            token = next(tokens) if item.samples else None
-            if seq.is_finished:
+            token = next(tokens) if item.will_sample else None
+            if seq.is_finished:  # it ended while this step was in flight: drop the token
                 continue
             if token is not None:
-                seq.num_pending_tokens -= 1
+                seq.in_flight.arrive()
                 seq.token_ids.append(token)
                 seq.token_times.append(now)
                 if seq.first_token_time is None:
@@ -249,7 +243,7 @@ class Scheduler:
                 self.kv_cache.cache_blocks(seq, item.num_new_tokens)
         return finished
 
-    def _finish_reason(self, seq: Sequence, token: int) -> str | None:
+    def _finish_reason(self, seq: Sequence, token: int) -> FinishReason | None:
         params = seq.sampling_params
         if (not params.ignore_eos and token in self.eos_token_ids) or token in params.stop_token_ids:
             return "stop"
@@ -257,7 +251,7 @@ class Scheduler:
             return "length"
         return None
 
-    def finish(self, seq: Sequence, reason: str) -> None:
+    def finish(self, seq: Sequence, reason: FinishReason) -> None:
         """End ``seq`` (``reason``: "stop", "length" or "abort") and free its pages, once.
         A step still in flight may write its pages: later steps run after it."""
         if seq.is_finished:

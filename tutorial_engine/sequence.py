@@ -5,8 +5,12 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from enum import Enum
+from typing import Literal
 
+from .in_flight import InFlight
 from .sampling_params import SamplingParams
+
+FinishReason = Literal["stop", "length", "abort"]
 
 
 class SequenceStatus(Enum):
@@ -26,10 +30,9 @@ class Sequence:
     frees the pages; the tokens themselves are kept.
 
     With overlap scheduling a step is planned before the previous step's token reaches
-    the CPU: ``num_pending_tokens`` counts tokens sampled by launched steps that have
-    not arrived yet, and ``pending_sample_row`` is the row of the latest such step's
-    sampled-token tensor that holds this sequence's token (the next step reads its
-    input from there, on the device). Both are 0 / -1 in the plain loop.
+    the CPU: ``in_flight`` holds the tokens sampled by launched steps that have not
+    arrived yet, and the row of the sampled-token tensor the next step reads its input
+    from (see ``in_flight.py``). Nothing is in flight in the plain loop.
     """
 
     seq_id: int
@@ -41,9 +44,8 @@ class Sequence:
     block_table: list[int] = field(default_factory=list)
     num_cached_tokens: int = 0  # prompt tokens served by the prefix cache at first admission
     num_preemptions: int = 0
-    num_pending_tokens: int = 0
-    pending_sample_row: int = -1
-    finish_reason: str | None = None
+    in_flight: InFlight = field(default_factory=InFlight)
+    finish_reason: FinishReason | None = None
     arrival_time: float = field(default_factory=time.perf_counter)
     first_token_time: float | None = None
     token_times: list[float] = field(default_factory=list)
@@ -69,7 +71,7 @@ class Sequence:
 
     @property
     def num_uncomputed_tokens(self) -> int:
-        return self.num_tokens + self.num_pending_tokens - self.num_computed_tokens
+        return self.num_tokens + self.in_flight.num_tokens - self.num_computed_tokens
 
     @property
     def is_finished(self) -> bool:

@@ -9,9 +9,9 @@ plans the next step (overlap scheduling, chapter 7).
 
 A plan may not know every input token: with overlap scheduling the token a request
 sampled in the previous step is still on the device when the next step is planned.
-Such inputs are :data:`PLACEHOLDER` and ``placeholder_rows`` says which row of the
-previous step's sampled tokens fills each of them, on the device (SGLang's "future"
-token map; vLLM's async scheduling does the same).
+Such inputs are :data:`PLACEHOLDER` and ``input_rows`` says which row of the
+previous step's sampled tokens fills each of them, on the device (the rules are in
+``in_flight.py``).
 """
 
 from __future__ import annotations
@@ -36,8 +36,8 @@ class StepPlan:
         input_ids: int64 ``[T]``, token ids, :data:`PLACEHOLDER` where the token is
             the previous step's output.
         placeholder_index: int64 ``[P]``, positions in ``input_ids`` that are placeholders.
-        placeholder_rows: int64 ``[P]``, for each, the row of the previous step's
-            sampled tokens that holds it.
+        input_rows: int64 ``[P]``, for each, the row of the previous step's sampled
+            tokens that holds it (its *input row*).
         positions: int64 ``[T]``, position of each token in its sequence.
         slot_mapping: int64 ``[T]``, flat KV-cache slot each token's K/V is written to.
         query_start_loc: int32 ``[B + 1]``, prefix sums of the new-token counts.
@@ -51,7 +51,7 @@ class StepPlan:
 
     input_ids: np.ndarray
     placeholder_index: np.ndarray
-    placeholder_rows: np.ndarray
+    input_rows: np.ndarray
     positions: np.ndarray
     slot_mapping: np.ndarray
     query_start_loc: np.ndarray
@@ -74,14 +74,21 @@ class StepPlan:
         return self.num_tokens == self.num_seqs
 
 
-def build_step_plan(out: SchedulerOutput, block_size: int, finished_seq_ids: list[int] | None = None) -> StepPlan:
+def slot_of(block_id, position, block_size: int):
+    """Flat KV-cache slot of the token at ``position`` (in its sequence) whose block is
+    ``block_id`` (``block_table[position // block_size]``): slot ``s`` is token
+    ``s % block_size`` of block ``s // block_size``. Ints or numpy arrays."""
+    return block_id * block_size + position % block_size
+
+
+def build_step_plan(scheduler_output: SchedulerOutput, block_size: int, finished_seq_ids: list[int] | None = None) -> StepPlan:
     """Flatten a scheduled step into a :class:`StepPlan`.
 
     Per-sequence Python work is kept to reading a few attributes; positions and slots
     are computed for all tokens at once with numpy, so a 256-sequence decode step costs
     well under a millisecond of CPU time.
     """
-    scheduled = out.scheduled
+    scheduled = scheduler_output.scheduled
     n = len(scheduled)
     starts = np.fromiter((s.start for s in scheduled), np.int64, n)
     query_lens = np.fromiter((s.num_new_tokens for s in scheduled), np.int64, n)
@@ -93,13 +100,13 @@ def build_step_plan(out: SchedulerOutput, block_size: int, finished_seq_ids: lis
     # Known tokens come from the CPU copy; a sequence whose last token is still in
     # flight ends its input with one placeholder, filled on the device.
     input_ids = np.full(num_tokens, PLACEHOLDER, np.int64)
-    placeholder_index, placeholder_rows = [], []
+    placeholder_index, input_rows = [], []
     for item, begin, start, end in zip(scheduled, query_start_loc.tolist(), starts.tolist(), seq_lens.tolist()):
         known = item.seq.token_ids[start:end]
         input_ids[begin:begin + len(known)] = known
         if len(known) < end - start:
             placeholder_index.append(begin + len(known))
-            placeholder_rows.append(item.input_row)
+            input_rows.append(item.input_row)
 
     # Position of token t of sequence i: start_i + (t - query_start_i).
     seq_index = np.repeat(np.arange(n), query_lens)
@@ -109,13 +116,13 @@ def build_step_plan(out: SchedulerOutput, block_size: int, finished_seq_ids: lis
     block_tables = np.zeros((n, int(table_lens.max())), np.int32)
     block_tables[np.arange(block_tables.shape[1]) < table_lens[:, None]] = np.fromiter(
         itertools.chain.from_iterable(tables), np.int32, int(table_lens.sum()))
-    slots = block_tables[seq_index, positions // block_size].astype(np.int64) * block_size + positions % block_size
-    samples = np.fromiter((s.samples for s in scheduled), bool, n)
-    sampling = [s.seq for s in scheduled if s.samples]
+    slots = slot_of(block_tables[seq_index, positions // block_size].astype(np.int64), positions, block_size)
+    samples = np.fromiter((s.will_sample for s in scheduled), bool, n)
+    sampling = [s.seq for s in scheduled if s.will_sample]
     return StepPlan(
         input_ids=input_ids,
         placeholder_index=np.asarray(placeholder_index, np.int64),
-        placeholder_rows=np.asarray(placeholder_rows, np.int64),
+        input_rows=np.asarray(input_rows, np.int64),
         positions=positions,
         slot_mapping=slots,
         query_start_loc=query_start_loc.astype(np.int32),

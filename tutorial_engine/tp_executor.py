@@ -42,7 +42,6 @@ from .distributed import (
     COLLECTIVE_TIMEOUT,
     NCCL_ENV_DEFAULTS,
     check_devices,
-    check_tensor_parallel,
     create_store,
     destroy_tensor_parallel,
     init_tensor_parallel,
@@ -52,6 +51,34 @@ from .model_runner import ModelRunner, StepResult
 from .models import DecoderSpec
 from .step_plan import StepPlan
 from .tp_worker import STOP, WorkerArgs, run_worker
+
+def check_tensor_parallel(spec: DecoderSpec, world_size: int) -> None:
+    """Can ``spec`` be split ``world_size`` ways? Each rank must get whole query heads
+    and whole MLP columns. KV heads: split when ``world_size`` divides them; when there
+    are fewer KV heads than ranks and ``world_size`` is a multiple of them, each KV head
+    is replicated on ``world_size / num_kv_heads`` ranks (as vLLM does); anything else
+    is refused. The vocabulary needs no rule (the last shard is padded).
+
+    Raises:
+        ValueError: naming the config.json field, its value and the sizes that work.
+    """
+    if world_size == 1:
+        return
+
+    def fix(total: int) -> str:
+        sizes = [n for n in range(1, total + 1) if total % n == 0]
+        return f"choose a tensor_parallel_size that divides it: {sizes}"
+
+    for field, value in (("num_attention_heads", spec.num_heads), ("intermediate_size", spec.intermediate_size)):
+        if value % world_size:
+            raise ValueError(f"tensor_parallel_size={world_size} does not divide {field}={value} of the "
+                             f"model, so the ranks cannot get equal shards; {fix(value)}.")
+    kv = spec.num_kv_heads
+    if kv % world_size and world_size % kv:
+        raise ValueError(f"tensor_parallel_size={world_size} neither divides num_key_value_heads={kv} nor is a "
+                         f"multiple of it (then each KV head would be replicated); {fix(kv)}, or a multiple of "
+                         f"{kv} that divides num_attention_heads={spec.num_heads}.")
+
 
 STOP_GRACE_S = 30.0  # how long a stopping worker may take to free its device before it is terminated
 
@@ -111,14 +138,14 @@ class TensorParallelExecutor:
             init_tensor_parallel(0, world_size, rank_device(device, 0), store.port, store)
             self.runner = ModelRunner(config, spec, rank_device(device, 0), dtype, max_model_len, tp_rank=0)
             for rank, num_blocks in enumerate(self._wait_for("ready"), start=1):
-                if num_blocks != self.num_kv_blocks:
-                    raise RuntimeError(f"rank {rank} allocated {num_blocks} KV blocks, rank 0 {self.num_kv_blocks}")
+                if num_blocks != self.num_kvcache_blocks:
+                    raise RuntimeError(f"rank {rank} allocated {num_blocks} KV blocks, rank 0 {self.num_kvcache_blocks}")
         except BaseException as err:
             self._stop_after(err, "start-up")
 
     @property
-    def num_kv_blocks(self) -> int:
-        return self.runner.num_kv_blocks
+    def num_kvcache_blocks(self) -> int:
+        return self.runner.num_kvcache_blocks
 
     def _wait_for(self, expected: str) -> list:
         """The value of each worker's next message, ``(expected, value)``; any other

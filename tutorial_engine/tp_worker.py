@@ -13,7 +13,7 @@ Messages on the worker's pipe:
 * rank 0 -> worker: a pickled :class:`~tutorial_engine.step_plan.StepPlan`, or a
   pickled ``None``: stop;
 * worker -> rank 0: ``("started", None)`` when its interpreter is up (before it
-  joins the process group), ``("ready", num_kv_blocks)`` once set up, or
+  joins the process group), ``("ready", num_kvcache_blocks)`` once set up, or
   ``("error", traceback)`` just before it exits on an exception.
 """
 
@@ -64,7 +64,7 @@ def run_worker(args: WorkerArgs, conn: Connection) -> None:
         conn.send(("started", None))
         init_tensor_parallel(args.rank, world_size, args.device, args.store_port)
         runner = ModelRunner(args.config, args.spec, args.device, args.dtype, args.max_model_len, tp_rank=args.rank)
-        conn.send(("ready", runner.num_kv_blocks))
+        conn.send(("ready", runner.num_kvcache_blocks))
         serve(runner, conn)
     except EOFError:  # rank 0's process is gone: nobody to report to
         return

@@ -6,11 +6,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from .peers import PEERS
 from .serving import add_serve_bench_parser
 from .workloads import WORKLOADS
-
-PEERS = ("hf_generate", "hf_generate_batch", "nanovllm")
-
 
 def _run_bench(args: argparse.Namespace) -> int:
     from .run import run_bench_command

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from .run import environment
+from .environment import environment
 
 
 def launch_overhead(num_kernels: int = 2000, repeats: int = 5) -> dict:

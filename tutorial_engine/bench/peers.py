@@ -18,6 +18,8 @@ import torch
 
 from .workloads import Requests
 
+PEERS = ("hf_generate", "hf_generate_batch", "nanovllm")  # the --peers a benchmark can run beside ours
+
 
 def load_hf_model(model_path: str, dummy: bool, device: torch.device, dtype: torch.dtype):
     """The transformers model: random weights from ``config.json`` when ``dummy``."""

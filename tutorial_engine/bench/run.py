@@ -10,13 +10,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import datetime
 import gc
 import json
 import logging
-import os
-import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -24,7 +20,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .cli import PEERS
+from .environment import environment
+from .peers import PEERS
 from .patching import patched
 from .workloads import Requests, make_requests
 
@@ -127,47 +124,6 @@ class StepProfiler:
 def _rate(steps: list[dict], key: str) -> float | None:
     seconds = sum(s["wall"] for s in steps)
     return sum(s[key] for s in steps) / seconds if seconds else None
-
-
-def environment(device: torch.device) -> dict:
-    """Hardware and software the numbers were measured with."""
-    env = {
-        "date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "cuda": torch.version.cuda,
-        "git_commit": os.environ.get("TUTORIAL_ENGINE_GIT_COMMIT") or _git_commit(),
-        "cpu": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-    }
-    for package in ("triton", "transformers"):
-        try:
-            env[package] = __import__(package).__version__
-        except ImportError:
-            env[package] = None
-    if device.type == "cuda":
-        props = torch.cuda.get_device_properties(device)
-        env.update(gpu=props.name, gpu_memory_gib=round(props.total_memory / 2**30, 1),
-                   sm_count=props.multi_processor_count, driver=_driver_version())
-    else:
-        env["gpu"] = None
-    return env
-
-
-def _git_commit() -> str | None:
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
-                              cwd=Path(__file__).parent).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return None
-
-
-def _driver_version() -> str | None:
-    try:
-        return subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
-                              capture_output=True, text=True, check=True).stdout.strip().splitlines()[0]
-    except (OSError, subprocess.CalledProcessError, IndexError):
-        return None
 
 
 def engine_options(args: argparse.Namespace, dummy: bool) -> dict:

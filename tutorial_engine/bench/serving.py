@@ -226,7 +226,7 @@ def print_run(run: dict) -> None:
 
 def run_serve_bench(args: argparse.Namespace) -> int:
     from .models import architecture_folder
-    from .run import environment
+    from .environment import environment
 
     import torch
 

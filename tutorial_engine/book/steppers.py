@@ -123,7 +123,7 @@ def record_scheduler(prompt_lens: list[int], output_lens: list[int], max_num_seq
         out = scheduler.schedule()
         phases = {item.seq.seq_id: ("prefill" if item.start < item.seq.num_prompt_tokens else "decode")
                   for item in out.scheduled}
-        finished = scheduler.update(out, [0] * sum(item.samples for item in out.scheduled))
+        finished = scheduler.update_from_output(out, [0] * sum(item.will_sample for item in out.scheduled))
         step += 1
         joined = [i for i, p in phases.items() if p == "prefill"]
         caption = f"engine step {step}: {len(phases)} run"
@@ -231,17 +231,17 @@ def _draw_pages(ax, frame: Frame) -> None:
 # -- chapter 4: a radix tree growing, splitting and evicting ------------------------------
 
 
-def record_radix(page_size: int, script: list[tuple[str, Any]],
+def record_radix(block_size: int, script: list[tuple[str, Any]],
                  label: Callable[[list[int]], str] | None = None) -> Stepper:
     """Drive a :class:`RadixTree` through ``script``: ``("insert", token_ids)`` (a
     finished request's pages enter the tree; page ids are handed out in order) and
-    ``("evict", num_pages)`` (least recently used leaves go). Records the tree's
+    ``("evict", num_blocks)`` (least recently used leaves go). Records the tree's
     shape after every operation; ``label`` turns an edge's token ids into text."""
     from ..prefix_cache.radix_tree import RadixTree
 
-    tree = RadixTree(page_size)
+    tree = RadixTree(block_size)
     label = label or (lambda ids: " ".join(map(str, ids)))
-    next_page = 0
+    next_block = 0
 
     def snapshot(node) -> dict:
         return _snapshot_tree(tree, node, label)
@@ -249,11 +249,11 @@ def record_radix(page_size: int, script: list[tuple[str, Any]],
     frames = [Frame("an empty tree", snapshot(tree.root))]
     for action, arg in script:
         if action == "insert":
-            tokens = list(arg)[: len(arg) // page_size * page_size]
-            pages = list(range(next_page, next_page + len(tokens) // page_size))
+            tokens = list(arg)[: len(arg) // block_size * block_size]
+            blocks = list(range(next_block, next_block + len(tokens) // block_size))
             before = sum(1 for _ in tree.nodes())
-            result = tree.insert(tokens, pages)
-            next_page += len(pages)
+            result = tree.insert(tokens, blocks)
+            next_block += len(blocks)
             new = sum(1 for _ in tree.nodes()) - before
             caption = (f"insert {len(tokens)} tokens: {result.num_existing_tokens} already cached"
                        + (", an edge splits" if new >= 2 and result.num_existing_tokens else ""))
@@ -274,7 +274,7 @@ def _snapshot_tree(tree, node, label: Callable[[list[int]], str], quote: bool = 
         text = label(node.key).replace("\n", " ")
         text = text if len(text) <= max_chars else text[: max_chars - 1] + "…"
         text = repr(text) if quote else text
-    return {"label": text, "pages": len(node.pages), "lock": node.lock_ref if node is not tree.root else 0,
+    return {"label": text, "pages": len(node.blocks), "lock": node.lock_ref if node is not tree.root else 0,
             "children": [_snapshot_tree(tree, child, label, quote, max_chars) for child in node.children.values()]}
 
 

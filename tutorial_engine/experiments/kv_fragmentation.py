@@ -58,7 +58,7 @@ def simulate(config: EngineConfig, prompt_lens: list[int], output_lens: list[int
     trace = MemoryTrace()
     while scheduler.has_unfinished():
         out = scheduler.schedule()
-        scheduler.update(out, [0] * sum(s.samples for s in out.scheduled))
+        scheduler.update_from_output(out, [0] * sum(s.will_sample for s in out.scheduled))
         running = scheduler.running
         trace.tokens.append(sum(s.num_computed_tokens for s in running))
         trace.running.append(len(running))

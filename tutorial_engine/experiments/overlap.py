@@ -26,7 +26,8 @@ from torch.profiler import ProfilerActivity, profile, record_function
 from . import triton_version, write_json
 from ..bench.models import QWEN3_0_6B_CONFIG, write_config_folder
 from ..bench.patching import patched
-from ..bench.run import StepProfiler, environment
+from ..bench.environment import environment
+from ..bench.run import StepProfiler
 from ..bench.workloads import Requests, make_requests
 
 DEFAULT_OUT = Path("book/data/overlap_scheduling_h200.json")

@@ -146,8 +146,8 @@ class StandInEngine:
         while self.scheduler.has_unfinished():
             out = self.scheduler.schedule()
             self.metrics.record_step(out.stats)
-            sampled = [(s.seq.seq_id * 7919 + s.seq.num_tokens) % 500 for s in out.scheduled if s.samples]
-            self.scheduler.update(out, sampled)
+            sampled = [(s.seq.seq_id * 7919 + s.seq.num_tokens) % 500 for s in out.scheduled if s.will_sample]
+            self.scheduler.update_from_output(out, sampled)
         return [{"token_ids": s.output_token_ids, "num_cached_tokens": s.num_cached_tokens} for s in seqs]
 
     def get_metrics(self) -> dict:

@@ -50,7 +50,8 @@ def decode_step_ms(llm, batch: int, context: int, steps: int) -> float:
 def main(argv: list[str] | None = None) -> int:
     from .. import LLM
     from ..bench.models import architecture_folder
-    from ..bench.run import environment, run_engine
+    from ..bench.environment import environment
+    from ..bench.run import run_engine
     from ..bench.workloads import make_requests
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from ..config import PrefixCachingMode
 from .base import PrefixCache
 from .hash_cache import HashPrefixCache
 from .radix_cache import RadixPrefixCache
@@ -21,7 +22,7 @@ if TYPE_CHECKING:
 PREFIX_CACHES = {"hash": HashPrefixCache, "radix": RadixPrefixCache}
 
 
-def make_prefix_cache(mode: str, allocator: BlockAllocator, block_size: int) -> PrefixCache | None:
+def make_prefix_cache(mode: PrefixCachingMode, allocator: BlockAllocator, block_size: int) -> PrefixCache | None:
     """The prefix cache for ``mode`` ("none" | "hash" | "radix"). Raises ValueError otherwise."""
     if mode == "none":
         return None

@@ -1,15 +1,15 @@
-"""RadixAttention's cache policy (SGLang, Zheng et al., NeurIPS 2024) on our pages.
+"""RadixAttention's cache policy (SGLang, Zheng et al., NeurIPS 2024) on our blocks.
 
 The :class:`~.radix_tree.RadixTree` does the data structure; this adapter ties it to
-sequences and the page allocator, the way SGLang's scheduler uses its radix cache:
+sequences and the block allocator, the way SGLang's scheduler uses its radix cache:
 
-- admission: longest-prefix match, lock the matched path, share its pages;
-- after a prefill chunk: insert the pages computed so far (so a request arriving
+- admission: longest-prefix match, lock the matched path, share its blocks;
+- after a prefill chunk: insert the blocks computed so far (so a request arriving
   while a long prompt is still being prefilled can already reuse its first chunks),
-  adopt the tree's copy of any page another request inserted first (freeing ours),
+  adopt the tree's copy of any block another request inserted first (freeing ours),
   and move the lock to the new end of the path;
 - finish or preemption: insert everything computed, unlock, drop the sequence's
-  references; the pages stay in the tree until evicted.
+  references; the blocks stay in the tree until evicted.
 
 Decode steps insert nothing: a request's generated tokens enter the tree when it
 finishes (or is preempted), which keeps the per-step cost of decoding at zero.
@@ -38,7 +38,7 @@ class LockedPath:
 
 
 class RadixPrefixCache(PrefixCache):
-    """A radix tree of pages, with SGLang's lock / insert / LRU-leaf-eviction policy."""
+    """A radix tree of blocks, with SGLang's lock / insert / LRU-leaf-eviction policy."""
 
     def __init__(self, allocator: BlockAllocator, block_size: int) -> None:
         super().__init__(allocator, block_size)
@@ -46,12 +46,12 @@ class RadixPrefixCache(PrefixCache):
         self.paths: dict[int, LockedPath] = {}
 
     def match(self, seq_id: int, token_ids: list[int]) -> list[int]:
-        pages, node = self.tree.match_prefix(token_ids[: self.max_cacheable_tokens(len(token_ids))])
+        blocks, node = self.tree.match_prefix(token_ids[: self.max_cacheable_tokens(len(token_ids))])
         self.tree.lock(node)
-        for page in pages:
-            self.allocator.incref(page)
-        self.paths[seq_id] = LockedPath(node, len(pages) * self.block_size)
-        return pages
+        for block in blocks:
+            self.allocator.incref(block)
+        self.paths[seq_id] = LockedPath(node, len(blocks) * self.block_size)
+        return blocks
 
     def cache(self, seq: Sequence, num_new_tokens: int) -> dict[int, int]:
         if num_new_tokens > 1:  # a prefill chunk, not a decode step
@@ -59,26 +59,26 @@ class RadixPrefixCache(PrefixCache):
         return {}
 
     def _insert(self, seq: Sequence) -> dict[int, int]:
-        """Insert ``seq``'s computed whole pages and re-lock the path to their end.
+        """Insert ``seq``'s computed whole blocks and re-lock the path to their end.
         Returns the block-table entries to switch to the tree's copy."""
-        num_pages = seq.num_computed_tokens // self.block_size
+        num_blocks = seq.num_computed_tokens // self.block_size
         path = self.paths[seq.seq_id]
-        if num_pages * self.block_size <= path.num_tokens:
+        if num_blocks * self.block_size <= path.num_tokens:
             return {}
         table = seq.block_table
-        result = self.tree.insert(seq.token_ids[: num_pages * self.block_size], table[:num_pages])
+        result = self.tree.insert(seq.token_ids[: num_blocks * self.block_size], table[:num_blocks])
         num_existing = result.num_existing_tokens // self.block_size
         switched = {}
         for i in range(num_existing):
-            if result.pages[i] != table[i]:  # another request inserted this prefix first
-                self.allocator.incref(result.pages[i])
+            if result.blocks[i] != table[i]:  # another request inserted this prefix first
+                self.allocator.incref(result.blocks[i])
                 self.allocator.decref(table[i])
-                switched[i] = result.pages[i]
-        for page in table[num_existing:num_pages]:
-            self.allocator.incref(page)  # the tree's own reference to the pages it adopted
+                switched[i] = result.blocks[i]
+        for block in table[num_existing:num_blocks]:
+            self.allocator.incref(block)  # the tree's own reference to the blocks it adopted
         self.tree.lock(result.node)
         self.tree.unlock(path.node)
-        self.paths[seq.seq_id] = LockedPath(result.node, num_pages * self.block_size)
+        self.paths[seq.seq_id] = LockedPath(result.node, num_blocks * self.block_size)
         return switched
 
     def release(self, seq: Sequence) -> None:
@@ -92,5 +92,5 @@ class RadixPrefixCache(PrefixCache):
         return self.tree.evictable_size
 
     def evict(self, num_blocks: int) -> None:
-        for page in self.tree.evict(num_blocks):
-            self.allocator.decref(page)
+        for block in self.tree.evict(num_blocks):
+            self.allocator.decref(block)

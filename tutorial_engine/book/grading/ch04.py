@@ -1,9 +1,9 @@
 """Chapter 4 tasks: a radix tree by hand, matching against it, and predicted hit rates.
 
 A tree is written as nested dicts: each key is an edge (a tuple of token ids, a
-whole number of pages), its value the subtree below it; the outer dict is the root.
+whole number of blocks), its value the subtree below it; the outer dict is the root.
 ``radix_insert`` builds it the way ``tutorial_engine.prefix_cache.RadixTree.insert``
-does (page-aligned keys, a split where a new key leaves an edge half-way), so
+does (block-aligned keys, a split where a new key leaves an edge half-way), so
 ``tests/test_grading_ch04.py`` checks the references against the engine's tree and
 the engine's prefix caches.
 """
@@ -15,20 +15,20 @@ import random
 from .task import Task
 
 
-def radix_insert(sequences: list[list[int]], page_size: int) -> dict:
-    """The tree after inserting each sequence's whole pages, in order."""
+def radix_insert(sequences: list[list[int]], block_size: int) -> dict:
+    """The tree after inserting each sequence's whole blocks, in order."""
     root: dict = {}
     for seq in sequences:
-        key = tuple(seq[: len(seq) // page_size * page_size])  # a partial last page is not cached
+        key = tuple(seq[: len(seq) // block_size * block_size])  # a partial last block is not cached
         node = root
         while key:
-            edge = next((e for e in node if e[:page_size] == key[:page_size]), None)
-            if edge is None:  # nothing shares the first page: the rest becomes one new leaf
+            edge = next((e for e in node if e[:block_size] == key[:block_size]), None)
+            if edge is None:  # nothing shares the first block: the rest becomes one new leaf
                 node[key] = {}
                 break
-            n = 0  # tokens shared with the edge, in whole pages
-            while n < min(len(edge), len(key)) and edge[n : n + page_size] == key[n : n + page_size]:
-                n += page_size
+            n = 0  # tokens shared with the edge, in whole blocks
+            while n < min(len(edge), len(key)) and edge[n : n + block_size] == key[n : n + block_size]:
+                n += block_size
             if n < len(edge):  # the key leaves the edge half-way (or ends inside it): split
                 node[edge[:n]] = {edge[n:]: node.pop(edge)}
                 edge = edge[:n]
@@ -36,17 +36,17 @@ def radix_insert(sequences: list[list[int]], page_size: int) -> dict:
     return root
 
 
-def radix_match(tree: dict, query: list[int], page_size: int) -> int:
-    """Tokens of ``query`` the tree holds: its longest cached prefix, in whole pages."""
+def radix_match(tree: dict, query: list[int], block_size: int) -> int:
+    """Tokens of ``query`` the tree holds: its longest cached prefix, in whole blocks."""
     node, matched = tree, 0
     while True:
-        page = tuple(query[matched : matched + page_size])
-        edge = next((e for e in node if e[:page_size] == page), None) if len(page) == page_size else None
+        block = tuple(query[matched : matched + block_size])
+        edge = next((e for e in node if e[:block_size] == block), None) if len(block) == block_size else None
         if edge is None:
             return matched
         n = 0
-        while n < len(edge) and tuple(query[matched + n : matched + n + page_size]) == edge[n : n + page_size]:
-            n += page_size
+        while n < len(edge) and tuple(query[matched + n : matched + n + block_size]) == edge[n : n + block_size]:
+            n += block_size
         matched += n
         if n < len(edge):  # the query leaves this edge inside it
             return matched
@@ -56,7 +56,7 @@ def radix_match(tree: dict, query: list[int], page_size: int) -> int:
 def cached_tokens(prompts: list[list[int]], block_size: int) -> dict[str, list[int]]:
     """Prompt tokens each request gets from the cache, requests sent one after another
     (each generating one token, so only prompts are cached; nothing is evicted):
-    ``"hash"`` with ``block_size``-token blocks, ``"radix"`` token-granular (page size 1)."""
+    ``"hash"`` with ``block_size``-token blocks, ``"radix"`` token-granular (block size 1)."""
     hits: dict[str, list[int]] = {"hash": [], "radix": []}
     for i, prompt in enumerate(prompts):
         shared = 0
@@ -79,14 +79,14 @@ def _sequences(rng: random.Random, num: int, alphabet: int = 3) -> list[list[int
 
 
 def _insert_case(rng: random.Random) -> dict:
-    return {"sequences": _sequences(rng, rng.randint(1, 6)), "page_size": rng.choice([1, 2, 3, 4])}
+    return {"sequences": _sequences(rng, rng.randint(1, 6)), "block_size": rng.choice([1, 2, 3, 4])}
 
 
 def _match_case(rng: random.Random) -> dict:
     case = _insert_case(rng)
     query = _sequences(rng, 1)[0] if rng.random() < 0.3 else list(rng.choice(case["sequences"]))
     query = query[: rng.randint(0, len(query))] + [rng.randrange(3) for _ in range(rng.randint(0, 3))]
-    return {"tree": radix_insert(**case), "query": query, "page_size": case["page_size"]}
+    return {"tree": radix_insert(**case), "query": query, "block_size": case["block_size"]}
 
 
 def _hits_case(rng: random.Random) -> dict:
@@ -97,34 +97,34 @@ def _hits_case(rng: random.Random) -> dict:
 insert = Task(
     "ch04.insert", radix_insert, _insert_case,
     hint_text="Walk down from the root. At each node, look for the child edge that starts with the key's first "
-              "page. None: the rest of the key becomes one new leaf. Otherwise count the tokens the edge and the "
-              "key share, a whole page at a time; if that is less than the edge, split it: the shared part becomes "
+              "block. None: the rest of the key becomes one new leaf. Otherwise count the tokens the edge and the "
+              "key share, a whole block at a time; if that is less than the edge, split it: the shared part becomes "
               "a new edge whose only child is the old remainder. Then continue below with the rest of the key.",
     edge_cases=[
-        {"sequences": [[1, 2, 3, 4, 5, 6], [1, 2, 3, 4, 7, 8]], "page_size": 2},  # split after two pages
-        {"sequences": [[1, 2, 3, 4, 5, 6], [1, 2, 3, 9, 9, 9]], "page_size": 2},  # diverges inside a page
-        {"sequences": [[1, 2, 3, 4, 5], [1, 2, 3, 4, 5, 6, 7]], "page_size": 4},  # partial pages are dropped
-        {"sequences": [[5, 6, 7, 8], [5, 6]], "page_size": 1},  # a key that ends inside an edge splits it
+        {"sequences": [[1, 2, 3, 4, 5, 6], [1, 2, 3, 4, 7, 8]], "block_size": 2},  # split after two blocks
+        {"sequences": [[1, 2, 3, 4, 5, 6], [1, 2, 3, 9, 9, 9]], "block_size": 2},  # diverges inside a block
+        {"sequences": [[1, 2, 3, 4, 5], [1, 2, 3, 4, 5, 6, 7]], "block_size": 4},  # partial blocks are dropped
+        {"sequences": [[5, 6, 7, 8], [5, 6]], "block_size": 1},  # a key that ends inside an edge splits it
     ],
 )
 
 match = Task(
     "ch04.match", radix_match, _match_case,
-    hint_text="Compare the query a page at a time. At a node, pick the child whose edge starts with the query's "
-              "next page (no such child, or fewer than page_size tokens left: stop). Count the pages of the edge "
+    hint_text="Compare the query a block at a time. At a node, pick the child whose edge starts with the query's "
+              "next block (no such child, or fewer than block_size tokens left: stop). Count the blocks of the edge "
               "the query agrees with; if it leaves the edge inside it, stop there, else go down to that child.",
     edge_cases=[
-        {"tree": radix_insert([[1, 2, 3, 4, 5, 6]], 2), "query": [1, 2, 3, 4, 5, 7], "page_size": 2},
+        {"tree": radix_insert([[1, 2, 3, 4, 5, 6]], 2), "query": [1, 2, 3, 4, 5, 7], "block_size": 2},
         {"tree": radix_insert([[1, 2, 3, 4, 5, 6], [1, 2, 3, 4, 7, 8]], 2), "query": [1, 2, 3, 4, 7, 8, 9],
-         "page_size": 2},
-        {"tree": radix_insert([[1, 2, 3]], 1), "query": [], "page_size": 1},
+         "block_size": 2},
+        {"tree": radix_insert([[1, 2, 3]], 1), "query": [], "block_size": 1},
     ],
 )
 
 hits = Task(
     "ch04.hits", cached_tokens, _hits_case,
     hint_text="For each prompt, find its longest common prefix with any earlier prompt (the cache holds every "
-              "earlier prompt). Then cap it at len(prompt) - 1: the last token always runs. Radix at page size 1 "
+              "earlier prompt). Then cap it at len(prompt) - 1: the last token always runs. Radix at block size 1 "
               "serves exactly that; hashing serves it rounded down to whole blocks.",
     edge_cases=[
         {"prompts": [[1, 2, 3, 4, 5, 6, 7, 8, 9, 10], [1, 2, 3, 4, 5, 6, 7, 8, 9, 11, 12]], "block_size": 4},
