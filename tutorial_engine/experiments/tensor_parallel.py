@@ -2,7 +2,7 @@
 
 For each size: decode-step time at several batch sizes (``batch`` requests of
 ``--context`` prompt tokens are prefilled, then ``--steps`` engine steps are timed,
-median, CUDA graphs and overlap scheduling on), and the throughput of chapter 10's
+median, CUDA graphs and overlap scheduling on), and the throughput of chapter 12's
 workload (nano-vLLM's ``bench.py``), both with random weights of the real shapes
 (speed does not depend on weight values). Chapter 8 shows the result next to its
 communication model.

@@ -1,9 +1,9 @@
-"""Chapter 10 tasks: the fastest any engine could run a workload, from the model's shape
+"""Chapter 12 tasks: the fastest any engine could run a workload, from the model's shape
 and the GPU's memory bandwidth (the decode roofline).
 
 The references follow ``tutorial_engine/bench/roofline.py`` (Williams, Waterman &
-Patterson, "Roofline", CACM 2009): ``tests/test_grading_ch10.py`` checks them against
-``workload_roofline``, the model chapter 10 reports.
+Patterson, "Roofline", CACM 2009): ``tests/test_grading_ch12.py`` checks them against
+``workload_roofline``, the model chapter 12 reports.
 """
 
 from __future__ import annotations
@@ -67,7 +67,7 @@ def _roofline_case(rng: random.Random) -> dict:
 
 
 weights = Task(
-    "ch10.weights", weight_bytes, _weights_case,
+    "ch12.weights", weight_bytes, _weights_case,
     hint_text="Per layer: q has num_heads * head_dim columns, k and v num_kv_heads * head_dim each (GQA), "
               "o maps q back to hidden; the MLP has three hidden x intermediate matrices. Add the output head "
               "(vocab_size x hidden) once, then multiply the parameter count by dtype_bytes.",
@@ -75,7 +75,7 @@ weights = Task(
 )
 
 roofline = Task(
-    "ch10.roofline", decode_roofline_tok_s, _roofline_case,
+    "ch12.roofline", decode_roofline_tok_s, _roofline_case,
     hint_text="Decode steps = max(output_lens) - 1, each reading weight_bytes once. K/V bytes per cached token are "
               "2 x layers x kv_heads x head_dim x dtype_bytes; a request with prompt p and n outputs reads p + 1, "
               "p + 2, ..., p + n - 1 cached tokens in its n - 1 decode steps. Seconds = all bytes / bandwidth; "
