@@ -52,8 +52,13 @@ class Health(BaseModel):
     status: Literal["ok", "unavailable"]
 
 
+# One server-sent event (OpenAPI 3.1: the schema of a text/event-stream describes each
+# event): its data is a JSON chunk, or [DONE] at the end.
+EVENT = {"type": "object", "required": ["data"],
+         "properties": {"data": {"type": "string", "description": "a JSON chunk, or [DONE] (the last event)"}}}
+EVENTS = {200: {"content": {"text/event-stream": {"schema": EVENT}}, "description": "server-sent events"}}
 # The 200 of a route that answers with JSON, or with server-sent events when "stream" is true.
-JSON_OR_EVENTS = {200: {"content": {"text/event-stream": {"schema": {"type": "string"}}},
+JSON_OR_EVENTS = {200: {"content": {"text/event-stream": {"schema": EVENT}},
                         "description": "JSON, or with \"stream\": true server-sent events ending in data: [DONE]"}}
 ERRORS = documented(400, 404, 413, 503)
 
@@ -112,10 +117,11 @@ def build_app(engine: AsyncEngine, model_name: str, api_key: str | None = None,
 
     @keyed.post("/generate", responses=ERRORS)
     async def generate(body: CompletionRequest, request: Request) -> Response:
-        """``/v1/completions`` with ``stream`` false."""
-        return await server.complete(body.model_copy(update={"stream": False}), request)
+        """``/v1/completions`` with ``stream`` false (``stream_options`` has nothing to act on:
+        the JSON answer always holds the usage)."""
+        return await server.complete(body.model_copy(update={"stream": False, "stream_options": None}), request)
 
-    @keyed.post("/generate_stream", responses=ERRORS, response_class=EventStreamResponse)
+    @keyed.post("/generate_stream", responses={**ERRORS, **EVENTS}, response_class=EventStreamResponse)
     async def generate_stream(body: CompletionRequest, request: Request) -> Response:
         """``/v1/completions`` with ``stream`` true: server-sent events ending in ``data: [DONE]``."""
         return await server.complete(body.model_copy(update={"stream": True}), request)
@@ -184,7 +190,8 @@ class OpenAIServer:
         if len(token_ids) + max_tokens > context:
             param = tokens_param if len(token_ids) < context else prompt_param
             raise APIError(400, f"this model's context is {context} tokens (max_model_len); the {prompt_param} has "
-                           f"{len(token_ids)} tokens and {tokens_param}={max_tokens} would exceed it.", param)
+                           f"{len(token_ids)} tokens and {tokens_param}={max_tokens} would exceed it.", param,
+                           code="context_length_exceeded")  # OpenAI's code for it
         params = body.sampling_params(max_tokens)
         try:
             stream = self.engine.add_request(token_ids, params)

@@ -56,6 +56,10 @@ def _tidy(schema: dict, limits: ServerLimits, vocab_size: int, max_model_len: in
             elif branch.get("type") == "array":
                 branch["items"].update(stop)
                 branch["maxItems"] = limits.max_stop_strings
+        # stream_options only with "stream": true (``SamplingFields.check_supported``)
+        components[name]["if"] = {"required": ["stream_options"],
+                                  "properties": {"stream_options": {"not": {"type": "null"}}}}
+        components[name]["then"] = {"required": ["stream"], "properties": {"stream": {"const": True}}}
         for field, accepted in UNSUPPORTED.items():
             fields[field] = {"enum": list(accepted), "title": fields[field].get("title", field),
                              "description": "not implemented: only these values (meaning 'not used') are accepted"}

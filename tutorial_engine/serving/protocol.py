@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 from ..sampling_params import MAX_SEED, MAX_TOP_K, SamplingParams
 from .errors import APIError, from_validation
@@ -35,12 +35,22 @@ UNSUPPORTED = {
 
 # Constraints the engine checks too, stated in the schema so that it tells the truth
 # (``openapi.py`` adds those that depend on the model and the server's limits).
-TokenId = Annotated[int, Field(ge=0)]
+def _integral(value: Any) -> Any:
+    """JSON has one number type: 8.0 is the integer 8 (as JSON Schema says), 8.5 is not."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+def Int(**bounds) -> Any:  # noqa: N802 -- used as a type
+    """An integer field with bounds (``ge``, ``le``), also taking integral floats."""
+    return Annotated[int, Field(**bounds), BeforeValidator(_integral)]
+
+
+TokenId = Int(ge=0)
 TokenIds = Annotated[list[TokenId], Field(min_length=1)]
 Text = Annotated[str, Field(min_length=1)]
 Prompt = Text | TokenIds | Annotated[list[Text], Field(min_length=1, max_length=1)] | Annotated[
     list[TokenIds], Field(min_length=1, max_length=1)]
-MaxTokens = Annotated[int, Field(ge=1)]
+MaxTokens = Int(ge=1)
 
 
 class StreamOptions(BaseModel):
@@ -57,8 +67,8 @@ class SamplingFields(BaseModel):
     max_tokens: MaxTokens | None = None
     temperature: float = Field(1.0, ge=0)
     top_p: float = Field(1.0, gt=0, le=1)
-    top_k: int = Field(-1, ge=-1, le=MAX_TOP_K)
-    seed: int | None = Field(None, ge=0, le=MAX_SEED)
+    top_k: Int(ge=-1, le=MAX_TOP_K) = -1
+    seed: Int(ge=0, le=MAX_SEED) | None = None
     stop: str | list[str] | None = None  # limits: the server's (``ServerLimits.check_stop``)
     stop_token_ids: list[TokenId] = Field(default_factory=list)
     ignore_eos: bool = False

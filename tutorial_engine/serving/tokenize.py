@@ -52,7 +52,8 @@ def check_not_too_long(text: str, bound: int | None, max_model_len: int, param: 
     ``bound``: :func:`max_chars_per_token` of the tokenizer."""
     if bound is not None and len(text) > max_model_len * bound:
         raise APIError(400, f"the {param} has {len(text)} characters, so more than max_model_len={max_model_len} "
-                       f"tokens (this tokenizer's tokens hold at most {bound} characters); shorten it.", param)
+                       f"tokens (this tokenizer's tokens hold at most {bound} characters); shorten it.", param,
+                       code="context_length_exceeded")
 
 
 def _check_unicode(text: str, param: str) -> None:
@@ -72,7 +73,7 @@ async def encode_prompt(prompt: str | list[int], tokenizer, vocab_size: int, max
         check_not_too_long(prompt, bound, max_model_len, "prompt")
     elif len(prompt) > max_model_len:  # token ids: refused before the list is checked id by id
         raise APIError(400, f"the prompt has {len(prompt)} tokens, more than max_model_len={max_model_len}; "
-                       "shorten it.", "prompt")
+                       "shorten it.", "prompt", code="context_length_exceeded")
     try:
         return await to_thread.run_sync(prompt_token_ids, prompt, tokenizer, vocab_size)
     except (TypeError, ValueError) as err:
