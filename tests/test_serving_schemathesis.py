@@ -62,7 +62,6 @@ def test_every_operation(server_url):
     keyless = {f"{method.upper()} {path}" for path, item in schema.raw_schema["paths"].items()
                for method, operation in item.items() if not operation.get("security")}
     assert keyless == {"GET /health", "GET /metrics"}
-    failures = {}
     for operation in operations:
         for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
 
@@ -77,6 +76,3 @@ def test_every_operation(server_url):
                 check()
             except Unsatisfiable:  # no invalid request exists for an operation without inputs
                 assert mode == GenerationMode.NEGATIVE and operation.method == "get"
-            except Exception as err:  # noqa: BLE001 -- collected, so that one report names every failure
-                failures[f"{operation.label} ({mode})"] = str(err)[:3000]
-    assert not failures, f"{sorted(failures)}\n\n" + "\n\n".join(f"{name}:\n{text}" for name, text in failures.items())
