@@ -113,6 +113,18 @@ def test_prompt_bound_is_sound(stories260k):
         assert len(llm_tokenizer(text, add_special_tokens=False).input_ids) * bound >= len(text), text
 
 
+def test_no_bound_where_characters_may_merge(stories260k):
+    """An NFC normalizer (as in Qwen's tokenizers) composes several characters into one,
+    so no characters-per-token bound is certain; the prompt is tokenized instead."""
+    from tokenizers import normalizers
+
+    from tutorial_engine.serving.tokenize import max_chars_per_token
+
+    tokenizer = LLMEngine(EngineConfig(model=str(stories260k))).tokenizer
+    tokenizer.backend_tokenizer.normalizer = normalizers.NFC()
+    assert max_chars_per_token(tokenizer) is None
+
+
 def test_a_prompt_too_long_for_the_context_is_refused_before_tokenizing(open_server, monkeypatch):
     client, engine = open_server
     from tutorial_engine.serving.tokenize import max_chars_per_token

@@ -24,8 +24,12 @@ from jinja2 import TemplateError
 from ..inputs import prompt_token_ids
 from .errors import APIError
 
-# Normalizers that never shrink a text: Metaspace's " " -> "▁" replacement and prefix.
+# Normalizers that never shrink a text: Metaspace's " " -> "▁" replacement and prefix
+# (NFC, as in Qwen's tokenizers, composes several characters into one: no bound).
 _SAFE_NORMALIZERS = {"Replace", "Prepend"}
+# Pre-tokenizers that split the text without dropping any of it (a Split may remove its
+# matches: behavior "Removed").
+_KEEPING_PRE_TOKENIZERS = {"ByteLevel", "Metaspace", "Split", "Digits", "Punctuation"}
 
 
 def max_chars_per_token(tokenizer) -> int | None:
@@ -40,8 +44,12 @@ def max_chars_per_token(tokenizer) -> int | None:
     if any(step.get("type") not in _SAFE_NORMALIZERS for step in steps):
         return None
     model, pre = spec.get("model", {}), spec.get("pre_tokenizer") or {}
-    pre_types = {p.get("type") for p in pre.get("pretokenizers", [pre])}
-    if model.get("type") != "BPE" or not (model.get("byte_fallback") or "ByteLevel" in pre_types):
+    pre_steps = pre.get("pretokenizers", [pre]) if pre else []
+    if any(step.get("type") not in _KEEPING_PRE_TOKENIZERS or step.get("behavior") == "Removed"
+           for step in pre_steps):
+        return None  # e.g. Whitespace, which drops the spaces
+    covers_all = model.get("byte_fallback") or any(step.get("type") == "ByteLevel" for step in pre_steps)
+    if model.get("type") != "BPE" or not covers_all:
         return None
     # A byte-level entry's characters are bytes; one input character is at least one byte.
     return max(len(piece) for piece in tokenizer.get_vocab())
