@@ -4,23 +4,9 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
-
 from .bench.cli import add_bench_parser
+from .default_model import default_model
 from .serving.cli import add_serve_parser
-
-DEFAULT_STORIES = Path(__file__).resolve().parents[1].parent / "shared" / "models" / "stories260K"
-
-
-def default_model() -> str:
-    """stories260K when ``../shared`` sits beside the checkout, else the package's own
-    small trained model (``tutorial_engine/book/models/tiny-qwen3-pydoc``)."""
-    if (DEFAULT_STORIES / "config.json").is_file():
-        return str(DEFAULT_STORIES)
-    from .book.notebook import TRAINED_MODEL
-
-    return str(TRAINED_MODEL)
-
 
 def add_generate_parser(subparsers) -> None:
     p = subparsers.add_parser("generate", help="generate text for one or more prompts")
@@ -51,13 +37,17 @@ def run_generate(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m tutorial_engine", description=__doc__)
     subparsers = parser.add_subparsers(dest="command", required=True)
     add_generate_parser(subparsers)
     add_bench_parser(subparsers)
     add_serve_parser(subparsers)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     try:
         return args.func(args)
     except (ValueError, FileNotFoundError) as err:

@@ -36,6 +36,8 @@ class LLM:
         self.engine = LLMEngine(EngineConfig(model=str(model), **config))
         self.tokenizer = self.engine.tokenizer
         self._busy = threading.Lock()
+        self._holder: tuple[int, str] | None = None  # (thread id, "generate" or "stream") while busy
+        self._closed = False
 
     def generate(
         self,
@@ -56,9 +58,10 @@ class LLM:
         token after the first; None for a one-token output). Summarize many with
         :func:`tutorial_engine.metrics.summarize_latency`.
         """
+        self._check_open()
         prompts, params = normalize_batch(prompts, sampling_params)
         seqs = [self.engine.make_sequence(p, sp) for p, sp in zip(prompts, params)]
-        with self._exclusive():
+        with self._exclusive("generate"):
             outputs = self._run(seqs, use_tqdm)
         return [self._output(seq, outputs[seq.seq_id]) for seq in seqs]
 
@@ -72,12 +75,15 @@ class LLM:
         Raises:
             TypeError, ValueError: a bad prompt or sampling_params, at the call (before
                 anything runs).
+            RuntimeError: after :meth:`shutdown`; or, at the first piece, while another
+                call of this LLM is running (another stream left open included).
         """
+        self._check_open()
         seq = self.engine.make_sequence(prompt, sampling_params or SamplingParams())
         return self._stream(seq)
 
     def _stream(self, seq: Sequence) -> Iterator[str]:
-        with self._exclusive():
+        with self._exclusive("stream"):
             processor = OutputProcessor(self.engine)
             processor.add(seq, stream=True)
             try:
@@ -92,14 +98,26 @@ class LLM:
             finally:
                 processor.abort(seq.seq_id)  # a no-op once finished
 
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RuntimeError("this LLM has been shut down (shutdown() or the end of its `with` block); "
+                               "create a new LLM(...) to generate again.")
+
     @contextmanager
-    def _exclusive(self) -> Iterator[None]:
+    def _exclusive(self, call: str) -> Iterator[None]:
+        """One engine loop at a time; ``call`` names this one for the error of the next."""
         if not self._busy.acquire(blocking=False):
+            holder = self._holder
+            if holder == (threading.get_ident(), "stream"):
+                raise RuntimeError("a stream() of this LLM is still open in this thread, and an engine runs one "
+                                   "loop at a time: read that stream to the end or close it (.close()) first.")
             raise RuntimeError("this LLM is already generating in another thread; an engine runs one loop at "
                                "a time: wait for that call, or give each thread its own LLM.")
+        self._holder = (threading.get_ident(), call)
         try:
             yield
         finally:
+            self._holder = None
             self._busy.release()
 
     def _run(self, seqs: list[Sequence], use_tqdm: bool) -> dict[int, RequestOutput]:
@@ -140,8 +158,11 @@ class LLM:
         }
 
     def shutdown(self) -> None:
-        """Free the model, KV cache and CUDA graphs now (also on leaving a ``with`` block)."""
-        self.engine.shutdown()
+        """Free the model, KV cache and CUDA graphs now (also on leaving a ``with`` block).
+        A second call does nothing; ``generate`` and ``stream`` afterwards raise RuntimeError."""
+        if not self._closed:
+            self._closed = True
+            self.engine.shutdown()
 
     def __enter__(self) -> LLM:
         return self

@@ -62,15 +62,26 @@ class RequestState:
     detokenizer: IncrementalDetokenizer | None
     num_processed_tokens: int = 0  # output tokens detokenized (or seen) so far
     num_reported_tokens: int = 0  # output tokens handed out in RequestOutputs
-    text: str = ""
-    num_sent_chars: int = 0
-    num_checked_chars: int = 0
+    # The text in two parts, so that a step's work is bounded by its new text, not by
+    # all the text so far: ``pending``, the tail not released yet (its last
+    # ``hold_back`` characters may start a stop string: it is all a stop string can end
+    # in), and ``released``, the pieces released since the last report.
+    pending: str = ""
+    released: list[str] = field(default_factory=list)
     finish_reason: str | None = None
     hold_back: int = field(init=False)
 
     def __post_init__(self) -> None:
         stops = self.seq.sampling_params.stop
         self.hold_back = max(map(len, stops), default=1) - 1
+
+
+def find_stop(text: str, stops: tuple[str, ...]) -> int | None:
+    """Where the first of ``stops`` starts in ``text``, or None. Called on a request's
+    pending text only (at most the longest stop string less one character, plus the
+    step's new text), so a step costs the same however much text came before."""
+    hits = [i for i in (text.find(s) for s in stops) if i >= 0]
+    return min(hits) if hits else None
 
 
 class OutputProcessor:
@@ -133,16 +144,17 @@ class OutputProcessor:
             return None
         state.num_processed_tokens += len(new_tokens)
         if state.detokenizer is not None:
-            state.text += state.detokenizer.add(new_tokens)
+            state.pending += state.detokenizer.add(new_tokens)
             if seq.is_finished:
-                state.text += state.detokenizer.flush()
+                state.pending += state.detokenizer.flush()
             self._check_stop_strings(state)
         if seq.is_finished and state.finish_reason is None:
             state.finish_reason = seq.finish_reason
+        if state.detokenizer is None and state.finish_reason is not None:  # finished, decoded once
+            state.pending = decode_output(self.engine.tokenizer, seq.prompt_token_ids, seq.output_token_ids)
+        self._release(state)
         if state.finish_reason is None and not state.stream:
             return None  # not streaming: only the final output is reported
-        if state.detokenizer is None:  # finished, decoded once
-            state.text = decode_output(self.engine.tokenizer, seq.prompt_token_ids, seq.output_token_ids)
         return self._output(state)
 
     def _fail(self, state: RequestState, err: Exception) -> RequestOutput:
@@ -156,26 +168,33 @@ class OutputProcessor:
                              seq.num_cached_tokens, error=err)
 
     def _check_stop_strings(self, state: RequestState) -> None:
-        """End the request at the first stop string in its text; the text is cut there."""
+        """End the request at the first stop string in its pending text; the text is cut there."""
         stops = state.seq.sampling_params.stop
         if not stops or state.finish_reason is not None:
             return
-        start = max(0, state.num_checked_chars - state.hold_back)  # a match must end in the new text
-        state.num_checked_chars = len(state.text)
-        hits = [i for i in (state.text.find(s, start) for s in stops) if i >= 0]
-        if hits:
-            state.text = state.text[:min(hits)]
+        hit = find_stop(state.pending, stops)
+        if hit is not None:
+            state.pending = state.pending[:hit]
             state.finish_reason = "stop"
             self.engine.abort(state.seq.seq_id, reason="stop")
+
+    @staticmethod
+    def _release(state: RequestState) -> None:
+        """Move pending text that no stop string can start in any more (all of it once
+        the request has finished) to ``released``."""
+        keep = 0 if state.finish_reason is not None else state.hold_back
+        cut = len(state.pending) - keep
+        if cut > 0:
+            state.released.append(state.pending[:cut])
+            state.pending = state.pending[cut:]
 
     def _output(self, state: RequestState) -> RequestOutput:
         seq = state.seq
         start = seq.num_prompt_tokens + state.num_reported_tokens
         new_tokens = seq.token_ids[start:seq.num_prompt_tokens + state.num_processed_tokens]
         finished = state.finish_reason is not None
-        # While a stop string may be completing, keep the text that could be its start.
-        end = len(state.text) if finished else max(state.num_sent_chars, len(state.text) - state.hold_back)
-        text, state.num_sent_chars = state.text[state.num_sent_chars:end], end
+        text = "".join(state.released)
+        state.released.clear()
         state.num_reported_tokens = state.num_processed_tokens
         output = RequestOutput(seq.seq_id, text, new_tokens, state.finish_reason, seq.num_prompt_tokens,
                                state.num_reported_tokens, seq.num_cached_tokens)

@@ -5,12 +5,16 @@ Routes (the API reference: https://platform.openai.com/docs/api-reference):
 - ``POST /v1/completions``, ``POST /v1/chat/completions``: with ``"stream": true`` the
   answer comes as server-sent events, one ``data: {chunk}`` line per piece of text
   and a last ``data: [DONE]``; otherwise one JSON body. Both report ``usage``.
-- ``GET /v1/models``: the one model served. ``GET /health``: 200 while the engine
-  loop runs. ``GET /metrics``: Prometheus text.
+- ``GET /v1/models``: the one model served. ``GET /health``: 200 ``{"status": "ok"}``
+  while the engine loop runs, else 503. ``GET /metrics``: Prometheus text.
 - ``POST /generate`` and ``POST /generate_stream``: the same as ``/v1/completions``
   with ``stream`` false and true, for clients of the tutorial's simpler API.
 
-A handler validates and queues its request (:meth:`AsyncEngine.add_request`), then
+- ``GET /docs``, ``/redoc``, ``/openapi.json``: the API's OpenAPI document.
+
+With an API key every route but ``/health`` and ``/metrics`` needs it. A handler
+validates its request, tokenizes it off the event loop (``tokenize.py``) and queues it
+(:meth:`AsyncEngine.add_request`), then
 reads the request's outputs from its asyncio queue while the engine thread runs the
 batch. A client that goes away mid-answer has its request aborted at once.
 """
@@ -23,28 +27,52 @@ import time
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import replace
+from typing import Literal
 
-from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response, StreamingResponse
-from jinja2 import TemplateError
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
+from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from pydantic import BaseModel
 from starlette.types import Receive, Scope, Send
 
-from ..inputs import prompt_token_ids
 from ..output_processor import RequestOutput
 from .async_engine import AsyncEngine, RequestStream
-from .errors import APIError, error_response, from_validation, install_error_handlers
+from .auth import require_api_key
+from .errors import APIError, documented, error_response, from_validation, install_error_handlers
+from .limits import ServerLimits
 from .metrics import ServerMetrics
-from .middleware import APIKeyMiddleware, BodySizeLimitMiddleware
+from .middleware import BodySizeLimitMiddleware
+from .openapi import install_openapi
 from .protocol import FIELD_NAMES, ChatCompletionRequest, CompletionRequest, SamplingFields
+from .tokenize import encode_chat, encode_prompt, max_chars_per_token
 
-DEFAULT_MAX_BODY_BYTES = 4 * 2**20  # a 40k-token prompt as JSON token ids is ~0.3 MiB
+
+class Health(BaseModel):
+    status: Literal["ok", "unavailable"]
+
+
+# One server-sent event (OpenAPI 3.1: the schema of a text/event-stream describes each
+# event): its data is a JSON chunk, or [DONE] at the end.
+EVENT = {"type": "object", "required": ["data"],
+         "properties": {"data": {"type": "string", "description": "a JSON chunk, or [DONE] (the last event)"}}}
+EVENTS = {200: {"content": {"text/event-stream": {"schema": EVENT}}, "description": "server-sent events"}}
+# The 200 of a route that answers with JSON, or with server-sent events when "stream" is true.
+JSON_OR_EVENTS = {200: {"content": {"text/event-stream": {"schema": EVENT}},
+                        "description": "JSON, or with \"stream\": true server-sent events ending in data: [DONE]"}}
+ERRORS = documented(400, 404, 413, 503)
 
 
 def build_app(engine: AsyncEngine, model_name: str, api_key: str | None = None,
-              max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> FastAPI:
+              max_body_bytes: int | None = None, limits: ServerLimits | None = None) -> FastAPI:
     """The FastAPI app serving ``engine`` as model ``model_name``. The app's lifespan
-    starts the engine thread and shuts it down; ``api_key`` (if set) is required as a
-    Bearer token on ``/v1/...``; bodies over ``max_bytes`` get 413."""
+    starts the engine thread and shuts it down. With ``api_key``, every route but
+    ``/health`` and ``/metrics`` (the API, the generation routes, ``/docs``, ``/redoc``
+    and ``/openapi.json``) needs it as a Bearer token (401 otherwise). ``limits``: the
+    request bounds (bodies over ``max_body_bytes``, which overrides its field, get 413)."""
+    limits = limits or ServerLimits()
+    if max_body_bytes is not None:
+        limits = replace(limits, max_body_bytes=max_body_bytes)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -52,102 +80,118 @@ def build_app(engine: AsyncEngine, model_name: str, api_key: str | None = None,
         yield
         engine.shutdown()
 
-    app = FastAPI(title="tutorial_engine", lifespan=lifespan)
+    # FastAPI's own docs routes are replaced by keyed ones below.
+    app = FastAPI(title="tutorial_engine", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     install_error_handlers(app, FIELD_NAMES)
-    app.add_middleware(BodySizeLimitMiddleware, max_bytes=max_body_bytes)
-    if api_key:
-        app.add_middleware(APIKeyMiddleware, api_key=api_key)
-    server = OpenAIServer(engine, model_name, ServerMetrics(engine))
+    install_openapi(app, limits, engine.engine.spec.vocab_size, engine.engine.max_model_len)
+    app.add_middleware(BodySizeLimitMiddleware, max_bytes=limits.max_body_bytes)
+    server = OpenAIServer(engine, model_name, ServerMetrics(engine), limits)
+    keyed = APIRouter(dependencies=[require_api_key(api_key)] if api_key else [],
+                      responses=documented(401) if api_key else {})
 
-    @app.get("/health")
-    async def health() -> Response:
-        return Response(status_code=200 if engine.is_running else 503)
+    @app.get("/health", responses={200: {"model": Health, "description": "the engine loop runs"},
+                                   503: {"model": Health, "description": "the engine loop has stopped"}})
+    async def health() -> JSONResponse:
+        """200 {"status": "ok"} while the engine loop runs, else 503 {"status": "unavailable"}; no key needed."""
+        running = engine.is_running
+        return JSONResponse({"status": "ok" if running else "unavailable"}, status_code=200 if running else 503)
 
-    @app.get("/metrics")
+    @app.get("/metrics", response_class=PlainTextResponse)
     async def metrics() -> Response:
+        """Prometheus text; no key needed."""
         return Response(server.metrics.render(), media_type=server.metrics.content_type)
 
-    @app.get("/v1/models")
+    @keyed.get("/v1/models")
     async def models() -> dict:
         card = {"id": model_name, "object": "model", "created": server.created, "owned_by": "tutorial_engine",
                 "max_model_len": engine.engine.max_model_len}
         return {"object": "list", "data": [card]}
 
-    @app.post("/v1/completions")
+    @keyed.post("/v1/completions", responses={**ERRORS, **JSON_OR_EVENTS})
     async def completions(body: CompletionRequest, request: Request) -> Response:
         return await server.complete(body, request)
 
-    @app.post("/v1/chat/completions")
+    @keyed.post("/v1/chat/completions", responses={**ERRORS, **JSON_OR_EVENTS})
     async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
         return await server.chat(body, request)
 
-    @app.post("/generate")
+    @keyed.post("/generate", responses=ERRORS)
     async def generate(body: CompletionRequest, request: Request) -> Response:
-        return await server.complete(body.model_copy(update={"stream": False}), request)
+        """``/v1/completions`` with ``stream`` false (``stream_options`` has nothing to act on:
+        the JSON answer always holds the usage)."""
+        return await server.complete(body.model_copy(update={"stream": False, "stream_options": None}), request)
 
-    @app.post("/generate_stream")
+    @keyed.post("/generate_stream", responses={**ERRORS, **EVENTS}, response_class=EventStreamResponse)
     async def generate_stream(body: CompletionRequest, request: Request) -> Response:
+        """``/v1/completions`` with ``stream`` true: server-sent events ending in ``data: [DONE]``."""
         return await server.complete(body.model_copy(update={"stream": True}), request)
 
+    @keyed.get("/openapi.json", include_in_schema=False)
+    async def openapi() -> JSONResponse:
+        return JSONResponse(app.openapi())
+
+    @keyed.get("/docs", include_in_schema=False)
+    async def docs() -> Response:
+        return get_swagger_ui_html(openapi_url="/openapi.json", title=f"{app.title} API")
+
+    @keyed.get("/redoc", include_in_schema=False)
+    async def redoc() -> Response:
+        return get_redoc_html(openapi_url="/openapi.json", title=f"{app.title} API")
+
+    app.include_router(keyed)
     return app
 
 
 class OpenAIServer:
     """Turns API requests into engine requests, and engine outputs into API responses."""
 
-    def __init__(self, engine: AsyncEngine, model_name: str, metrics: ServerMetrics) -> None:
+    def __init__(self, engine: AsyncEngine, model_name: str, metrics: ServerMetrics, limits: ServerLimits) -> None:
         self.engine = engine
         self.model_name = model_name
         self.metrics = metrics
+        self.limits = limits
         self.created = int(time.time())
+        self.chars_per_token = max_chars_per_token(engine.engine.tokenizer)
 
     # -- requests -------------------------------------------------------------------------
 
     async def complete(self, body: CompletionRequest, request: Request) -> Response:
         self._check(body)
-        try:
-            token_ids = prompt_token_ids(body.single_prompt(), self.engine.engine.tokenizer,
-                                         self.engine.engine.spec.vocab_size)
-        except (TypeError, ValueError) as err:
-            raise APIError(400, str(err), "prompt") from err
+        core = self.engine.engine
+        token_ids = await encode_prompt(body.single_prompt(), core.tokenizer, core.spec.vocab_size,
+                                        core.max_model_len, self.chars_per_token)
         max_tokens = body.max_tokens if body.max_tokens is not None else 16
-        return await self._serve(body, request, token_ids, max_tokens, "prompt", chat=False)
+        return await self._serve(body, request, token_ids, (max_tokens, "max_tokens"), "prompt", chat=False)
 
     async def chat(self, body: ChatCompletionRequest, request: Request) -> Response:
         self._check(body)
-        token_ids = self._render_chat(body)
-        max_tokens = body.requested_max_tokens()
+        messages = [m.as_template_input() for m in body.messages]
+        token_ids = await encode_chat(messages, self.engine.engine.tokenizer, self.model_name)
+        max_tokens, param = body.requested_max_tokens()
         if max_tokens is None:  # OpenAI: the reply may use the rest of the context
             max_tokens = max(1, self.engine.engine.max_model_len - len(token_ids))
-        return await self._serve(body, request, token_ids, max_tokens, "messages", chat=True)
+        return await self._serve(body, request, token_ids, (max_tokens, param), "messages", chat=True)
 
     def _check(self, body: SamplingFields) -> None:
         body.check_supported()
+        try:
+            self.limits.check_stop(body.stop_list())
+        except ValueError as err:
+            raise APIError(400, str(err), "stop") from err
         if body.model is not None and body.model != self.model_name:
             raise APIError(404, f"model {body.model!r} is not served here; this server serves {self.model_name!r}.",
                            "model", code="model_not_found")
 
-    def _render_chat(self, body: ChatCompletionRequest) -> list[int]:
-        """The conversation as prompt token ids, through the tokenizer's chat template
-        (which adds the special tokens itself, so none are added here)."""
-        tokenizer = self.engine.engine.tokenizer
-        if tokenizer is None or not getattr(tokenizer, "chat_template", None):
-            raise APIError(400, f"model {self.model_name!r} has no chat template (tokenizer_config.json has no "
-                           "'chat_template'), so it cannot take chat messages; use /v1/completions.", "messages")
-        messages = [m.as_template_input() for m in body.messages]
-        try:
-            text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        except TemplateError as err:  # e.g. a template that requires alternating roles
-            raise APIError(400, f"the chat template refused the messages: {err}", "messages") from err
-        return tokenizer(text, add_special_tokens=False).input_ids
-
-    async def _serve(self, body: SamplingFields, request: Request, token_ids: list[int], max_tokens: int,
-                     prompt_param: str, chat: bool) -> Response:
+    async def _serve(self, body: SamplingFields, request: Request, token_ids: list[int],
+                     max_tokens: tuple[int, str], prompt_param: str, chat: bool) -> Response:
+        """``max_tokens``: the reply's limit and the field that set it (named in errors)."""
         context = self.engine.engine.max_model_len
+        (max_tokens, tokens_param) = max_tokens
         if len(token_ids) + max_tokens > context:
-            param = "max_tokens" if len(token_ids) < context else prompt_param
-            raise APIError(400, f"this model's context is {context} tokens; the {prompt_param} has "
-                           f"{len(token_ids)} tokens and max_tokens={max_tokens} would exceed it.", param)
+            param = tokens_param if len(token_ids) < context else prompt_param
+            raise APIError(400, f"this model's context is {context} tokens (max_model_len); the {prompt_param} has "
+                           f"{len(token_ids)} tokens and {tokens_param}={max_tokens} would exceed it.", param,
+                           code="context_length_exceeded")  # OpenAI's code for it
         params = body.sampling_params(max_tokens)
         try:
             stream = self.engine.add_request(token_ids, params)
@@ -202,11 +246,12 @@ class OpenAIServer:
 
 
 class EventStreamResponse(StreamingResponse):
-    """A StreamingResponse that closes its generator however the response ends. On a
+    """Server-sent events (``text/event-stream``), as a StreamingResponse that closes its generator however the response ends. On a
     disconnect Starlette stops iterating but leaves the generator suspended, to be
     finalized whenever the garbage collector gets to it; closing it is what aborts the
     request and frees its KV-cache pages."""
 
+    media_type = "text/event-stream"
     body_iterator: AsyncGenerator[str, None]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

@@ -12,6 +12,9 @@ import argparse
 import logging
 from pathlib import Path
 
+from ..default_model import default_model
+from .limits import DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_STOP_LENGTH, DEFAULT_MAX_STOP_STRINGS, ServerLimits
+
 # EngineConfig fields settable from the command line: (flag, type, help). Unset flags
 # keep EngineConfig's defaults.
 ENGINE_FLAGS = (
@@ -32,7 +35,8 @@ ENGINE_FLAGS = (
 
 def add_engine_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=None,
-                   help="checkpoint folder (default: the book's model, tutorial_engine.book.model_path())")
+                   help="checkpoint folder (default: stories260K if ../shared is beside the checkout, "
+                        "else the package's small trained model; the same as `generate`)")
     for flag, kind, text in ENGINE_FLAGS:
         p.add_argument(flag, type=kind, default=None, help=text)
     p.add_argument("--enforce-eager", action="store_true", help="CUDA graphs off")
@@ -70,30 +74,40 @@ def add_serve_parser(subparsers) -> None:
     add_engine_arguments(p)
     p.add_argument("--host", default="127.0.0.1", help="interface to bind (default: loopback only)")
     p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' on /v1 routes")
+    p.add_argument("--api-key", default=None,
+                   help="require 'Authorization: Bearer KEY' on every route but /health and /metrics")
+    p.add_argument("--chat-template", default=None,
+                   help="a Jinja chat template file, for a checkpoint whose tokenizer has none")
     p.add_argument("--served-model-name", default=None, help="the model's name in the API (default: folder name)")
     p.add_argument("--max-queued-requests", type=int, default=None,
                    help="answer 503 while this many requests wait for admission (default: no limit)")
-    p.add_argument("--max-body-bytes", type=int, default=None, help="largest request body (default: 4 MiB)")
+    p.add_argument("--max-body-bytes", type=int, default=DEFAULT_MAX_BODY_BYTES,
+                   help="largest request body, else 413 (default: 4 MiB)")
+    p.add_argument("--max-stop-strings", type=int, default=DEFAULT_MAX_STOP_STRINGS,
+                   help="most stop strings per request, else 400 (default: 16; OpenAI allows 4)")
+    p.add_argument("--max-stop-length", type=int, default=DEFAULT_MAX_STOP_LENGTH,
+                   help="longest stop string in characters, else 400 (default: 256)")
     p.add_argument("--log-level", default="info")
     p.set_defaults(func=run_serve)
 
 
 def make_app(args: argparse.Namespace):
     """The engine and the app the flags describe (the model loads here)."""
-    from ..book import model_path
+    from .. import engine as engine_module
     from ..config import EngineConfig
-    from ..engine import LLMEngine
-    from .api import DEFAULT_MAX_BODY_BYTES, build_app
+    from .api import build_app
     from .async_engine import AsyncEngine
 
-    model = args.model or model_path()
+    model = args.model or default_model()
     if args.max_queued_requests is not None and args.max_queued_requests < 1:
         raise ValueError(f"--max-queued-requests={args.max_queued_requests} must be >= 1.")
-    engine = LLMEngine(EngineConfig(model=model, **engine_options(args)))
+    limits = ServerLimits(args.max_body_bytes, args.max_stop_strings, args.max_stop_length)
+    template = Path(args.chat_template).read_text() if args.chat_template else None
+    engine = engine_module.LLMEngine(EngineConfig(model=model, **engine_options(args)))
+    if template is not None:
+        engine.tokenizer.chat_template = template
     name = args.served_model_name or Path(model).name
-    app = build_app(AsyncEngine(engine, args.max_queued_requests), name, args.api_key,
-                    args.max_body_bytes or DEFAULT_MAX_BODY_BYTES)
+    app = build_app(AsyncEngine(engine, args.max_queued_requests), name, args.api_key, limits=limits)
     return app, name
 
 

@@ -13,9 +13,11 @@ them into a 400 naming that field, so the rules live in one place, the engine.
 from __future__ import annotations
 
 import re
+
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException
 
 from .async_engine import EngineDeadError, QueueFullError
@@ -26,18 +28,46 @@ class APIError(HTTPException):
     HTTPException, so FastAPI passes it on unchanged also from inside its body parsing."""
 
     def __init__(self, status: int, message: str, param: str | None = None, type: str = "invalid_request_error",
-                 code: str | None = None) -> None:
-        super().__init__(status, message)
+                 code: str | None = None, headers: dict[str, str] | None = None) -> None:
+        super().__init__(status, message, headers)
         self.status, self.message, self.param, self.type, self.code = status, message, param, type, code
 
     def response(self) -> JSONResponse:
-        return error_response(self.status, self.message, self.param, self.type, self.code)
+        return error_response(self.status, self.message, self.param, self.type, self.code, self.headers)
 
 
 def error_response(status: int, message: str, param: str | None = None, type: str = "invalid_request_error",
-                   code: str | None = None) -> JSONResponse:
+                   code: str | None = None, headers: dict[str, str] | None = None) -> JSONResponse:
     body = {"error": {"message": message, "type": type, "param": param, "code": code}}
-    return JSONResponse(body, status_code=status)
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None
+    code: str | None
+
+
+class ErrorResponse(BaseModel):
+    """The body of every error the server sends (OpenAI's format)."""
+
+    error: ErrorDetail
+
+
+def documented(*statuses: int) -> dict:
+    """OpenAPI ``responses`` entries for these error statuses, in OpenAI's format."""
+    return {status: {"model": ErrorResponse, "description": ERROR_MEANINGS[status]} for status in statuses}
+
+
+ERROR_MEANINGS = {
+    400: "invalid request: a field's type or value, a prompt over the model's context (max_model_len), "
+         "a stop list over the server's limits",
+    401: "missing or wrong API key (send 'Authorization: Bearer KEY')",
+    404: "a model this server does not serve",
+    413: "a request body over --max-body-bytes",
+    503: "the queue is full (--max-queued-requests) or the engine has stopped",
+}
 
 
 def from_validation(err: TypeError | ValueError, fields: tuple[str, ...], default_param: str | None) -> APIError:
@@ -76,6 +106,10 @@ def _validation_handler(fields: frozenset[str]):
             param = None
         elif kind == "extra_forbidden":
             message = f"unrecognized request argument supplied: {param}"
+        elif kind == "string_unicode":  # JSON can carry lone surrogates ("\ud800"), which are not text
+            message = f"{param} is not valid Unicode (it holds a lone surrogate); send valid UTF-8 text."
+        elif kind == "missing" and param is None:  # the body itself
+            message = "the request has no body; send a JSON object (Content-Type: application/json)."
         elif kind == "missing":
             message = f"missing required field: {param}"
         else:
@@ -103,6 +137,7 @@ def install_error_handlers(app: FastAPI, fields: frozenset[str]) -> None:
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> JSONResponse:  # 404, 405, ...
-        return error_response(exc.status_code, str(exc.detail), code=str(exc.status_code))
+        # ``headers`` keeps e.g. a 405's ``Allow``.
+        return error_response(exc.status_code, str(exc.detail), code=str(exc.status_code), headers=exc.headers)
 
     app.add_exception_handler(RequestValidationError, _validation_handler(fields))

@@ -1,33 +1,13 @@
-"""What every request passes before a handler sees it: the API key and a body-size cap.
+"""What every request passes before a handler sees it: a body-size cap.
 
-Both are ASGI middleware (a wrapper around the app with the same ``(scope, receive,
-send)`` signature), so they act before FastAPI reads or parses the body.
+ASGI middleware (a wrapper around the app with the same ``(scope, receive, send)``
+signature), so it acts before FastAPI reads or parses the body. (The API key is a
+dependency of each keyed route: ``auth.py``.)
 """
 
 from __future__ import annotations
 
-import secrets
-
-from .errors import APIError, error_response
-
-
-class APIKeyMiddleware:
-    """Requests to ``/v1/...`` need ``Authorization: Bearer <api_key>`` (as vLLM's
-    ``--api-key``); ``/health`` and ``/metrics`` stay open for probes and scrapers.
-    A wrong or missing key gets 401."""
-
-    def __init__(self, app, api_key: str) -> None:
-        self.app = app
-        self.expected = f"Bearer {api_key}".encode()
-
-    async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] == "http" and scope["path"].startswith("/v1"):
-            given = dict(scope["headers"]).get(b"authorization", b"")
-            if not secrets.compare_digest(given, self.expected):  # constant time: no timing hints
-                response = error_response(401, "invalid or missing API key; send 'Authorization: Bearer KEY'.",
-                                          code="invalid_api_key")
-                return await response(scope, receive, send)
-        await self.app(scope, receive, send)
+from .errors import APIError
 
 
 class BodySizeLimitMiddleware:

@@ -14,11 +14,11 @@ using one gets a 400 naming it rather than a silently different answer.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
-from ..sampling_params import SamplingParams
+from ..sampling_params import MAX_SEED, MAX_TOP_K, SamplingParams
 from .errors import APIError, from_validation
 
 SAMPLING_FIELDS = ("temperature", "top_p", "top_k", "max_tokens", "ignore_eos", "stop_token_ids", "seed", "stop")
@@ -33,6 +33,26 @@ UNSUPPORTED = {
 }
 
 
+# Constraints the engine checks too, stated in the schema so that it tells the truth
+# (``openapi.py`` adds those that depend on the model and the server's limits).
+def _integral(value: Any) -> Any:
+    """JSON has one number type: 8.0 is the integer 8 (as JSON Schema says), 8.5 is not."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+def Int(**bounds) -> Any:  # noqa: N802 -- used as a type
+    """An integer field with bounds (``ge``, ``le``), also taking integral floats."""
+    return Annotated[int, Field(**bounds), BeforeValidator(_integral)]
+
+
+TokenId = Int(ge=0)
+TokenIds = Annotated[list[TokenId], Field(min_length=1)]
+Text = Annotated[str, Field(min_length=1)]
+Prompt = Text | TokenIds | Annotated[list[Text], Field(min_length=1, max_length=1)] | Annotated[
+    list[TokenIds], Field(min_length=1, max_length=1)]
+MaxTokens = Int(ge=1)
+
+
 class StreamOptions(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
     include_usage: bool = False
@@ -44,13 +64,13 @@ class SamplingFields(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
     model: str | None = None
-    max_tokens: int | None = None
-    temperature: float = 1.0
-    top_p: float = 1.0
-    top_k: int = -1
-    seed: int | None = None
-    stop: str | list[str] | None = None
-    stop_token_ids: list[int] = Field(default_factory=list)
+    max_tokens: MaxTokens | None = None
+    temperature: float = Field(1.0, ge=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    top_k: Int(ge=-1, le=MAX_TOP_K) = -1
+    seed: Int(ge=0, le=MAX_SEED) | None = None
+    stop: str | list[str] | None = None  # limits: the server's (``ServerLimits.check_stop``)
+    stop_token_ids: list[TokenId] = Field(default_factory=list)
     ignore_eos: bool = False
     stream: bool = False
     stream_options: StreamOptions | None = None
@@ -86,9 +106,15 @@ class SamplingFields(BaseModel):
         try:
             return SamplingParams(temperature=self.temperature, top_p=self.top_p, top_k=self.top_k,
                                   max_tokens=max_tokens, ignore_eos=self.ignore_eos, seed=self.seed,
-                                  stop_token_ids=self.stop_token_ids, stop=self.stop or ())
+                                  stop_token_ids=self.stop_token_ids, stop=self.stop_list())
         except (TypeError, ValueError) as err:
             raise from_validation(err, SAMPLING_FIELDS, None) from err
+
+    def stop_list(self) -> list[str]:
+        """``stop`` as a list: a string is a list of one ("" too, so it is refused as [""] is)."""
+        if self.stop is None:
+            return []
+        return [self.stop] if isinstance(self.stop, str) else self.stop
 
     @property
     def include_usage(self) -> bool:
@@ -97,19 +123,15 @@ class SamplingFields(BaseModel):
 
 class CompletionRequest(SamplingFields):
     """``POST /v1/completions``: one prompt, as text or token ids. (OpenAI also takes a
-    list of prompts; send one request per prompt instead.)"""
+    list of prompts; send one request per prompt instead: a list holds at most one.)"""
 
-    prompt: str | list[int] | list[str] | list[list[int]]
-    max_tokens: int | None = 16  # OpenAI's default for completions
+    prompt: Prompt
+    max_tokens: MaxTokens | None = 16  # OpenAI's default for completions
 
     def single_prompt(self) -> str | list[int]:
-        """The one prompt (a list of one prompt is unwrapped). Raises APIError(400)."""
+        """The one prompt (a list of one prompt is unwrapped; the schema allows no more)."""
         prompt = self.prompt
-        if isinstance(prompt, list) and prompt and isinstance(prompt[0], (str, list)):
-            if len(prompt) != 1:
-                raise APIError(400, f"prompt holds {len(prompt)} prompts; send one prompt per request.", "prompt")
-            prompt = prompt[0]
-        return prompt
+        return prompt[0] if isinstance(prompt, list) and isinstance(prompt[0], (str, list)) else prompt
 
 
 class TextPart(BaseModel):
@@ -135,10 +157,13 @@ class ChatCompletionRequest(SamplingFields):
     model's chat template. Without ``max_tokens`` the reply may fill the context."""
 
     messages: list[ChatMessage] = Field(min_length=1)
-    max_completion_tokens: int | None = None  # OpenAI's newer name for max_tokens
+    max_completion_tokens: MaxTokens | None = None  # OpenAI's newer name for max_tokens
 
-    def requested_max_tokens(self) -> int | None:
-        return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
+    def requested_max_tokens(self) -> tuple[int | None, str]:
+        """The reply's token limit and the name of the field that set it."""
+        if self.max_completion_tokens is not None:
+            return self.max_completion_tokens, "max_completion_tokens"
+        return self.max_tokens, "max_tokens"
 
 
 FIELD_NAMES = frozenset(name for model in (CompletionRequest, ChatCompletionRequest, ChatMessage, TextPart, StreamOptions)
