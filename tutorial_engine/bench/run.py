@@ -47,7 +47,7 @@ class StepProfiler:
         self.engine = engine
         self.steps: list[dict] = []
         self._targets = [(engine, "step"), (engine.scheduler, "schedule"), (engine_module, "build_step_plan"),
-                         (engine.executor.runner, "prepare"), (engine.scheduler, "update"), (StepResult, "token_ids")]
+                         (engine.executor.runner, "prepare"), (engine.scheduler, "update_from_output"), (StepResult, "token_ids")]
         self._names = ["step", "schedule", "plan", "prepare", "update", "wait"]
 
     def __enter__(self) -> StepProfiler:

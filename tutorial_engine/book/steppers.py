@@ -334,7 +334,7 @@ def record_overlap(llm, prompts: list, params, cpu_ms: float = 2.0, gpu_ms: floa
     engine = llm.engine
     engine.overlap_scheduling = True
     launched, completed = [], []
-    execute, update = engine.executor.execute, engine.scheduler.update
+    execute, update = engine.executor.execute, engine.scheduler.update_from_output
 
     def record_execute(plan):
         launched.append((len(plan.seq_lens), len(plan.placeholder_index)))
@@ -344,7 +344,7 @@ def record_overlap(llm, prompts: list, params, cpu_ms: float = 2.0, gpu_ms: floa
         completed.append(len(tokens))
         return update(out, tokens)
 
-    with patched([(engine.executor, "execute", record_execute), (engine.scheduler, "update", record_update)]):
+    with patched([(engine.executor, "execute", record_execute), (engine.scheduler, "update_from_output", record_update)]):
         for prompt, sp in zip(prompts, params):
             engine.add_sequence(engine.make_sequence(prompt, sp))
         frames, events = [], []
