@@ -39,6 +39,8 @@ import numpy as np
 import torch
 
 from ..config import EngineConfig
+from ..loader import eos_token_ids as checkpoint_eos_ids
+from ..loader import load_hf_config, load_tokenizer
 from ..model_runner import kv_cache_bytes_per_block
 from ..models import DecoderSpec
 from ..step_plan import StepPlan
@@ -229,7 +231,7 @@ class SimulatedExecutor:
 
 def make_simulated_executor(config: EngineConfig, spec: DecoderSpec, max_model_len: int, *,
                             timing: StepTimeModel | None = None, time_scale: float = 1.0,
-                            eos_token_ids: tuple[int, ...] = (), eos_rate: float = 0.0) -> SimulatedExecutor:
+                            eos_token_ids: tuple[int, ...] | None = None, eos_rate: float = 0.0) -> SimulatedExecutor:
     """A simulated H200 for ``config`` (pass it as ``LLMEngine(config, executor=...)``).
 
     KV pages: ``config.num_kvcache_blocks`` if set, else as many bfloat16 pages of
@@ -237,7 +239,8 @@ def make_simulated_executor(config: EngineConfig, spec: DecoderSpec, max_model_l
     memory the recorded profile reports, capped like the model runner's at every
     sequence at full length. ``timing`` defaults to the fitted H200 model
     (``h200_step_time.json``); it was fitted to Qwen3-0.6B and times any ``spec`` as if
-    it were that model.
+    it were that model. ``eos_token_ids`` default to the checkpoint's (as the engine
+    reads them), so no request ends on EOS unless ``eos_rate`` asks.
 
     Raises:
         ValueError: ``tensor_parallel_size > 1`` (the timing model is one card's), or
@@ -255,5 +258,7 @@ def make_simulated_executor(config: EngineConfig, spec: DecoderSpec, max_model_l
         if num_blocks < 1:
             raise ValueError(f"gpu_memory_utilization={config.gpu_memory_utilization} leaves no KV cache on the "
                              "simulated H200; raise it.")
+    if eos_token_ids is None:
+        eos_token_ids = tuple(checkpoint_eos_ids(config.model, load_hf_config(config.model), load_tokenizer(config.model)))
     return SimulatedExecutor(num_blocks, spec.vocab_size, timing or StepTimeModel.load(), SimulatedDevice(time_scale),
                              eos_token_ids, eos_rate, config.seed)
