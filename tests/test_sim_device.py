@@ -267,3 +267,13 @@ def test_stored_fit_is_the_refit_of_the_recorded_h200_run():
     # The figures the benchmark summarised: ~350k prefill tok/s, a full decode step in 5-11 ms.
     assert 300_000 < stored.prefill_tok_s < 400_000
     assert 0.005 < stored.step_time(StepFeatures(256, 256, 256 * 1024)) < 0.011
+
+
+def test_sim_check_command_reports_both_loops(capsys):
+    from tutorial_engine.bench.sim_check import main
+
+    runs = main(["--num-seqs", "2", "--rounds", "1"])
+    assert [r.overlap for r in runs] == [False, True]
+    assert runs[0].output_tokens == runs[1].output_tokens > 0 and runs[0].steps == runs[1].steps
+    assert all(0 < r.busy_fraction <= 1 and r.host_cpu_ms_per_step > 0 for r in runs)
+    assert "host CPU ms/step" in capsys.readouterr().out
