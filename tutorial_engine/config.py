@@ -143,7 +143,8 @@ class EngineConfig:
         except RuntimeError:  # an unparsable string such as "gpu0"
             device = None
         if device is None or device.type not in ("cpu", "cuda"):
-            raise ValueError(f"device={show(self.device)} is not supported; use 'auto', 'cpu', 'cuda', 'cuda:N' or 'sim'.")
+            raise ValueError(f"device={show(self.device)} is not supported; "
+                             "use 'auto', 'cpu', 'cuda', 'cuda:N' or 'sim'.")
         if device.type == "cuda" and not torch.cuda.is_available():
             raise ValueError(f"device={self.device!r} but this machine has no usable CUDA GPU (or torch is a CPU "
                              "build); use device='cpu', or 'auto' to pick the GPU when there is one.")
