@@ -29,17 +29,17 @@ def fixed_time(step_s: float = STEP_S) -> StepTimeModel:
 
 
 def decode_plan(last_tokens: list[int], positions: list[int], params: list[SamplingParams] | None = None,
-                seq_ids: list[int] | None = None, placeholder_rows: list[int] | None = None) -> StepPlan:
+                seq_ids: list[int] | None = None, input_rows: list[int] | None = None) -> StepPlan:
     """A decode step of one token per sequence (block tables and slots are irrelevant
-    to the simulated device). With ``placeholder_rows`` every input is a placeholder."""
+    to the simulated device). With ``input_rows`` every input is a placeholder."""
     n = len(positions)
     params = params or [SamplingParams(temperature=0)] * n
     seq_ids = list(range(n)) if seq_ids is None else seq_ids
-    ids = np.full(n, PLACEHOLDER, np.int64) if placeholder_rows is not None else np.asarray(last_tokens, np.int64)
+    ids = np.full(n, PLACEHOLDER, np.int64) if input_rows is not None else np.asarray(last_tokens, np.int64)
     return StepPlan(
         input_ids=ids,
-        placeholder_index=np.arange(n) if placeholder_rows is not None else np.zeros(0, np.int64),
-        placeholder_rows=np.asarray(placeholder_rows or [], np.int64),
+        placeholder_index=np.arange(n) if input_rows is not None else np.zeros(0, np.int64),
+        input_rows=np.asarray(input_rows or [], np.int64),
         positions=np.asarray(positions, np.int64), slot_mapping=np.zeros(n, np.int64),
         query_start_loc=np.arange(n + 1, dtype=np.int32), seq_lens=np.asarray(positions, np.int32) + 1,
         block_tables=np.zeros((n, 1), np.int32), logits_indices=np.arange(n),
@@ -47,7 +47,7 @@ def decode_plan(last_tokens: list[int], positions: list[int], params: list[Sampl
 
 
 def executor(step_s: float = STEP_S, scale: float = SCALE, **kwargs) -> SimulatedExecutor:
-    return SimulatedExecutor(num_kv_blocks=8, vocab_size=kwargs.pop("vocab_size", 1000), timing=fixed_time(step_s),
+    return SimulatedExecutor(num_kvcache_blocks=8, vocab_size=kwargs.pop("vocab_size", 1000), timing=fixed_time(step_s),
                              device=SimulatedDevice(scale), **kwargs)
 
 
@@ -139,10 +139,10 @@ def test_placeholders_take_the_previous_steps_tokens():
     known = sim.execute(decode_plan([first[1], first[0]], [5, 4])).token_ids()
     sim2 = executor()
     sim2.execute(decode_plan([5, 6], [3, 4]))
-    from_device = sim2.execute(decode_plan([], [5, 4], placeholder_rows=[1, 0])).token_ids()
+    from_device = sim2.execute(decode_plan([], [5, 4], input_rows=[1, 0])).token_ids()
     assert from_device == known
     with pytest.raises(RuntimeError, match="row 2 of the previous step"):
-        sim2.execute(decode_plan([], [6], placeholder_rows=[2]))
+        sim2.execute(decode_plan([], [6], input_rows=[2]))
 
 
 # -- busy and idle time ----------------------------------------------------------------------------

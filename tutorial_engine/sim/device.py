@@ -171,7 +171,7 @@ class SimulatedExecutor:
     """An :class:`~tutorial_engine.executor.Executor` over a :class:`SimulatedDevice`.
 
     Attributes:
-        num_kv_blocks: KV pages the scheduler may hand out (nothing is allocated).
+        num_kvcache_blocks: KV pages the scheduler may hand out (nothing is allocated).
         vocab_size: tokens are drawn from ``[0, vocab_size)``.
         timing: the step-time model.
         device: the queue and its record (busy time, steps, tokens).
@@ -180,7 +180,7 @@ class SimulatedExecutor:
         seed: mixed into random rows without their own seed.
     """
 
-    num_kv_blocks: int
+    num_kvcache_blocks: int
     vocab_size: int
     timing: StepTimeModel
     device: SimulatedDevice = field(default_factory=SimulatedDevice)
@@ -208,11 +208,11 @@ class SimulatedExecutor:
     def sample(self, plan: StepPlan) -> np.ndarray:
         """The deterministic tokens of the plan's sampling rows (see the module docstring)."""
         rows = plan.logits_indices
-        if len(plan.placeholder_index) and len(plan.placeholder_rows) and plan.placeholder_rows.max() >= len(self._previous):
-            raise RuntimeError(f"the plan reads row {int(plan.placeholder_rows.max())} of the previous step's "
+        if len(plan.placeholder_index) and len(plan.input_rows) and plan.input_rows.max() >= len(self._previous):
+            raise RuntimeError(f"the plan reads row {int(plan.input_rows.max())} of the previous step's "
                                f"tokens, which sampled only {len(self._previous)}")
         input_ids = plan.input_ids.copy()
-        input_ids[plan.placeholder_index] = self._previous[plan.placeholder_rows]
+        input_ids[plan.placeholder_index] = self._previous[plan.input_rows]
         batch = plan.sampling
         key = np.where(batch.seeds >= 0, batch.seeds, mix64(np.uint64(self.seed) ^ batch.seq_ids.astype(np.uint64)))
         key = np.where(batch.temperatures > 0, key, 0).astype(np.uint64)
@@ -259,6 +259,7 @@ def make_simulated_executor(config: EngineConfig, spec: DecoderSpec, max_model_l
             raise ValueError(f"gpu_memory_utilization={config.gpu_memory_utilization} leaves no KV cache on the "
                              "simulated H200; raise it.")
     if eos_token_ids is None:
-        eos_token_ids = tuple(checkpoint_eos_ids(config.model, load_hf_config(config.model), load_tokenizer(config.model)))
+        hf_config, tokenizer = load_hf_config(config.model), load_tokenizer(config.model)
+        eos_token_ids = tuple(checkpoint_eos_ids(config.model, hf_config, tokenizer))
     return SimulatedExecutor(num_blocks, spec.vocab_size, timing or StepTimeModel.load(), SimulatedDevice(time_scale),
                              eos_token_ids, eos_rate, config.seed)

@@ -204,7 +204,8 @@ def replay_features(recorded: dict) -> list[StepFeatures]:
         config = EngineConfig(model=str(architecture_folder("qwen3-0.6b", folder)), device="cpu",
                               max_num_seqs=settings["max_num_seqs"],
                               max_num_batched_tokens=settings["max_num_batched_tokens"],
-                              max_model_len=settings["max_model_len"], kvcache_block_size=settings["kvcache_block_size"],
+                              max_model_len=settings["max_model_len"],
+                              kvcache_block_size=settings["kvcache_block_size"],
                               num_kvcache_blocks=recorded["kv_cache"]["num_blocks"],
                               enable_chunked_prefill=settings["enable_chunked_prefill"], overlap_scheduling=True,
                               prefix_caching=settings["prefix_caching"])
