@@ -144,7 +144,7 @@ class EngineConfig:
             device = None
         if device is None or device.type not in ("cpu", "cuda"):
             raise ValueError(f"device={show(self.device)} is not supported; "
-                             "use 'auto', 'cpu', 'cuda', 'cuda:N' or 'sim'.")
+                             "use 'auto', 'cpu', 'cuda' or 'cuda:N' ('sim': a simulated GPU).")
         if device.type == "cuda" and not torch.cuda.is_available():
             raise ValueError(f"device={self.device!r} but this machine has no usable CUDA GPU (or torch is a CPU "
                              "build); use device='cpu', or 'auto' to pick the GPU when there is one.")
