@@ -44,7 +44,8 @@ class EngineConfig:
 
     Types are checked too: int fields take ints (numpy ints are converted; bools and
     floats are refused), float fields finite numbers, switches real bools (``"no"`` is
-    not False), ``device`` one of 'auto', 'cpu', 'cuda', 'cuda:N' that this machine has.
+    not False), ``device`` one of 'auto', 'cpu', 'cuda', 'cuda:N' that this machine has,
+    or 'sim': a simulated H200 that runs no model (``sim/device.py``; host work on the CPU).
 
     ``fused_kernels``: on a GPU, which fused Triton kernels (RMSNorm, SwiGLU, RoPE,
     Qwen3's q/k norm + RoPE; ``models/fused.py``) replace the PyTorch code:
@@ -134,15 +135,16 @@ class EngineConfig:
             setattr(self, name, as_bool(name, getattr(self, name)))
 
     def _check_device(self) -> None:
-        """``device`` is 'auto', 'cpu', 'cuda' or 'cuda:N', and present on this machine."""
-        if self.device == "auto":
+        """``device`` is 'auto', 'sim', 'cpu', 'cuda' or 'cuda:N', and present on this machine."""
+        if self.device in ("auto", "sim"):
             return
         try:
             device = torch.device(self.device) if isinstance(self.device, str) else None
         except RuntimeError:  # an unparsable string such as "gpu0"
             device = None
         if device is None or device.type not in ("cpu", "cuda"):
-            raise ValueError(f"device={show(self.device)} is not supported; use 'auto', 'cpu', 'cuda' or 'cuda:N'.")
+            raise ValueError(f"device={show(self.device)} is not supported; "
+                             "use 'auto', 'cpu', 'cuda' or 'cuda:N' ('sim': a simulated GPU).")
         if device.type == "cuda" and not torch.cuda.is_available():
             raise ValueError(f"device={self.device!r} but this machine has no usable CUDA GPU (or torch is a CPU "
                              "build); use device='cpu', or 'auto' to pick the GPU when there is one.")
@@ -151,6 +153,8 @@ class EngineConfig:
                              f"use an index below {torch.cuda.device_count()}, or 'cuda'.")
 
     def resolve_device(self) -> torch.device:
+        if self.device == "sim":  # the simulated device computes nothing: host tensors only
+            return torch.device("cpu")
         if self.device == "auto":
             return torch.device("cuda" if torch.cuda.is_available() else "cpu")
         return torch.device(self.device)

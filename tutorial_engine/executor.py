@@ -50,7 +50,11 @@ class InProcessExecutor:
 
 def make_executor(config: EngineConfig, spec: DecoderSpec, device: torch.device, dtype: torch.dtype,
                   max_model_len: int) -> Executor:
-    """The executor ``config.tensor_parallel_size`` asks for."""
+    """The executor ``config.tensor_parallel_size`` (or ``device="sim"``) asks for."""
+    if config.device == "sim":
+        from .sim.device import make_simulated_executor
+
+        return make_simulated_executor(config, spec, max_model_len)
     if config.tensor_parallel_size == 1:
         return InProcessExecutor(config, spec, device, dtype, max_model_len)
     from .tp_executor import TensorParallelExecutor  # imports multiprocessing only when needed
