@@ -1,0 +1,27 @@
+"""Speculative decoding (chapter 10): propose several tokens cheaply, let the target
+model verify them in one pass, keep the longest agreeing prefix plus one token of
+its own, with an output distribution exactly the target's (Leviathan et al., 2023;
+Chen et al., 2023).
+
+* :mod:`.config`: ``speculative_config`` parsed and validated (vLLM's dict form);
+* :mod:`.ngram`: prompt-lookup proposals from the request's own tokens;
+* :mod:`.rejection`: the acceptance rule, batched, seeded;
+* :mod:`.metrics`: proposal / acceptance counters and the expected accepted length.
+"""
+
+from .config import SpeculativeConfig, check_draft_compatible, parse_speculative_config
+from .metrics import SpecDecodeStats, expected_accepted_length
+from .ngram import NgramProposer, propose_ngram
+from .rejection import RejectionSampler, VerifyOutput
+
+__all__ = [
+    "NgramProposer",
+    "RejectionSampler",
+    "SpecDecodeStats",
+    "SpeculativeConfig",
+    "VerifyOutput",
+    "check_draft_compatible",
+    "expected_accepted_length",
+    "parse_speculative_config",
+    "propose_ngram",
+]
