@@ -76,11 +76,13 @@ class SpeculativeConfig:
         if self.model is not None:
             raise ValueError(f"model={show(self.model)} does not apply to method='ngram' (prompt lookup needs no "
                              "model); drop 'model', or drop 'method' to use it as a draft model.")
-        # vLLM's rule: a bound given alone stands for both.
-        low = self.prompt_lookup_min if self.prompt_lookup_min is not None else self.prompt_lookup_max
-        high = self.prompt_lookup_max if self.prompt_lookup_max is not None else self.prompt_lookup_min
-        low = DEFAULT_PROMPT_LOOKUP_MIN if low is None else as_int("prompt_lookup_min", low)
-        high = DEFAULT_PROMPT_LOOKUP_MAX if high is None else as_int("prompt_lookup_max", high)
+        given = {name: as_int(name, getattr(self, name)) for name in ("prompt_lookup_min", "prompt_lookup_max")
+                 if getattr(self, name) is not None}
+        if not given:
+            low, high = DEFAULT_PROMPT_LOOKUP_MIN, DEFAULT_PROMPT_LOOKUP_MAX
+        else:  # vLLM's rule: a bound given alone stands for both
+            low = given.get("prompt_lookup_min", given.get("prompt_lookup_max"))
+            high = given.get("prompt_lookup_max", low)
         if low < 1:
             raise ValueError(f"prompt_lookup_min={low} must be >= 1 (the shortest n-gram to match).")
         if low > high:
