@@ -68,7 +68,7 @@ def test_proposer_takes_its_settings_from_the_config_and_caps_k():
                                                           "prompt_lookup_min": 2, "prompt_lookup_max": 3}))
     tokens = [1, 2, 3, 4, 5, 6, 1, 2]
     assert proposer.propose(tokens).tolist() == [3, 4, 5]
-    assert proposer.propose(tokens, max_tokens=1).tolist() == [3]
+    assert proposer.propose(tokens, max_proposals=1).tolist() == [3]
     assert proposer.propose([1, 2, 3, 1]).tolist() == []  # one-token match is below min 2
     with pytest.raises(ValueError, match="needs method='ngram'"):
         NgramProposer(SpeculativeConfig("draft_model", 2, model="."))

@@ -6,6 +6,7 @@ Chen et al., 2023).
 * :mod:`.config`: ``speculative_config`` parsed and validated (vLLM's dict form);
 * :mod:`.ngram`: prompt-lookup proposals from the request's own tokens;
 * :mod:`.rejection`: the acceptance rule, batched, seeded;
+* :mod:`.verify`: a verify step's logits rows and the computed tokens that survive it;
 * :mod:`.metrics`: proposal / acceptance counters and the expected accepted length.
 """
 
@@ -13,6 +14,7 @@ from .config import SpeculativeConfig, check_draft_compatible, parse_speculative
 from .metrics import SpecDecodeStats, expected_accepted_length
 from .ngram import NgramProposer, propose_ngram
 from .rejection import RejectionSampler, VerifyOutput
+from .verify import num_computed_after_verify, verify_logits_indices
 
 __all__ = [
     "NgramProposer",
@@ -22,6 +24,8 @@ __all__ = [
     "VerifyOutput",
     "check_draft_compatible",
     "expected_accepted_length",
+    "num_computed_after_verify",
     "parse_speculative_config",
     "propose_ngram",
+    "verify_logits_indices",
 ]

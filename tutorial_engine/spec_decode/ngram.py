@@ -72,8 +72,9 @@ class NgramProposer:
         self.min_n = config.prompt_lookup_min
         self.max_n = config.prompt_lookup_max
 
-    def propose(self, token_ids: Sequence[int] | np.ndarray, max_tokens: int | None = None) -> np.ndarray:
-        """Proposals for one request (see :func:`propose_ngram`); ``max_tokens`` caps
-        ``k`` where fewer tokens may still be generated (``max_tokens``, ``max_model_len``)."""
-        k = self.k if max_tokens is None else min(self.k, max_tokens)
+    def propose(self, token_ids: Sequence[int] | np.ndarray, max_proposals: int | None = None) -> np.ndarray:
+        """Proposals for one request (see :func:`propose_ngram`); ``max_proposals`` caps
+        ``k`` near the request's end (its ``max_tokens`` or ``max_model_len``), where a
+        verify step must not emit more tokens than the request may still take."""
+        k = self.k if max_proposals is None else min(self.k, max_proposals)
         return propose_ngram(token_ids, k, self.min_n, self.max_n)

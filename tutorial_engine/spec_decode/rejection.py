@@ -136,11 +136,13 @@ class RejectionSampler:
         n = np.asarray(num_draft_tokens, np.int64)
         num_rows, k = len(n), int(n.max(initial=0))
         rows = torch.arange(num_rows, device=device)
+        n_dev = to_device(n, device)
         logits_index, draft_index = _padded_indices(n, k)
+        draft_index = to_device(draft_index, device)
         logits = target_logits[to_device(logits_index, device)]  # [B, K + 1, V]
-        drafts = (draft_token_ids[to_device(draft_index, device)] if k else
+        drafts = (draft_token_ids[draft_index] if k else
                   torch.zeros((num_rows, 0), dtype=torch.long, device=device))  # [B, K]
-        in_range = torch.arange(k, device=device)[None, :] < to_device(n, device)[:, None]  # [B, K]
+        in_range = torch.arange(k, device=device)[None, :] < n_dev[:, None]  # [B, K]
         target_argmax = logits.argmax(dim=-1)  # [B, K + 1]
         greedy_accept = drafts == target_argmax[:, :k]
         if batch.all_greedy:
@@ -150,7 +152,7 @@ class RejectionSampler:
         p = self._target_probs(logits, batch)  # [B, K + 1, V]
         uniforms, noise = self._draws(n, k, vocab, batch, device)
         p_draft = p[:, :k].gather(-1, drafts[..., None]).squeeze(-1)  # [B, K]
-        q = draft_probs[to_device(draft_index, device)].float() if draft_probs is not None and k else None
+        q = draft_probs[draft_index].float() if draft_probs is not None and k else None  # [B, K, V]
         q_draft = q.gather(-1, drafts[..., None]).squeeze(-1) if q is not None else torch.ones_like(p_draft)
         greedy_rows = to_device(batch.temperatures == 0, device)
         accept = torch.where(greedy_rows[:, None], greedy_accept, acceptance_mask(uniforms, p_draft, q_draft))
@@ -162,7 +164,7 @@ class RejectionSampler:
         if k:
             at = num_accepted.clamp(max=k - 1)
             q_final = q[rows, at] if q is not None else torch.nn.functional.one_hot(drafts[rows, at], vocab).float()
-            rejected = num_accepted < to_device(n, device)
+            rejected = num_accepted < n_dev
             dist = torch.where(rejected[:, None], residual_probs(p_final, q_final), p_final)
         sampled = (dist / noise).argmax(dim=-1)  # exponential race: an exact draw from norm(dist)
         final = torch.where(greedy_rows, target_argmax[rows, num_accepted], sampled)
@@ -200,9 +202,9 @@ def _padded_indices(n: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     the logits rows and ``[B, K]`` into the proposals. Padding repeats a row's last
     valid entry (masked out later), so every index is in bounds."""
     positions = np.arange(k + 1)[None, :]
-    logits_start = np.concatenate(([0], np.cumsum(n + 1)[:-1])).astype(np.int64)
+    logits_start = np.cumsum(n + 1) - (n + 1)  # exclusive prefix sums
     logits_index = logits_start[:, None] + np.minimum(positions, n[:, None])
-    draft_start = np.concatenate(([0], np.cumsum(n)[:-1])).astype(np.int64)
+    draft_start = np.cumsum(n) - n
     draft_index = np.minimum(draft_start[:, None] + np.minimum(positions[:, :k], np.maximum(n - 1, 0)[:, None]),
                              max(int(n.sum()) - 1, 0))
     return logits_index, draft_index
