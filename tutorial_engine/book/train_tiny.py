@@ -18,7 +18,12 @@ continues a prompt with plausible, mostly grammatical sentences about Python; it
 knows nothing else, and it is not meant to.
 
     python -m tutorial_engine.book.train_tiny                 # writes the shipped checkpoint
+    python -m tutorial_engine.book.train_tiny --draft         # its draft model (speculative decoding)
     python -m tutorial_engine.book.train_tiny --out /tmp/m --steps 50   # a quick try
+
+``--draft`` trains a smaller sibling (2 layers, hidden size 96) on the same text with
+the shipped model's own tokenizer files, so the two share a vocabulary token for
+token, as a draft model for speculative decoding must (Leviathan et al., 2023).
 
 References: the training loop is the standard next-token objective (Radford et al.,
 "Language Models are Unsupervised Multitask Learners", 2019, section 2), with AdamW
@@ -42,7 +47,10 @@ from transformers import PreTrainedTokenizerFast
 from .tiny import CORPUS
 
 MODEL_NAME = "tiny-qwen3-pydoc"
-DEFAULT_OUT = Path(__file__).resolve().parent / "models" / MODEL_NAME
+DRAFT_NAME = "tiny-qwen3-pydoc-draft"
+MODELS_DIR = Path(__file__).resolve().parent / "models"
+DEFAULT_OUT = MODELS_DIR / MODEL_NAME
+DRAFT_OUT = MODELS_DIR / DRAFT_NAME
 SPECIAL_TOKENS = ["<pad>", "<s>", "</s>"]  # ids 0, 1, 2
 MODEL_CARD = """# tiny-qwen3-pydoc
 
@@ -55,6 +63,20 @@ it knows nothing else.
 
 Made by `python -m tutorial_engine.book.train_tiny` (settings and final loss in
 `training.json`). The training text is from the Python documentation,
+© Python Software Foundation, under the PSF License Agreement.
+"""
+
+
+DRAFT_MODEL_CARD = """# tiny-qwen3-pydoc-draft
+
+The draft model of the book's speculative-decoding chapter: a 0.3M-parameter sibling
+of `tiny-qwen3-pydoc` (2 layers, hidden size 96, 3 query and 1 key/value heads of 32,
+tied embeddings) trained for about two CPU minutes on the same text with that model's
+own tokenizer files, so both share one vocabulary. It proposes tokens cheaply; the
+target model verifies them.
+
+Made by `python -m tutorial_engine.book.train_tiny --draft` (settings and final loss
+in `training.json`). The training text is from the Python documentation,
 © Python Software Foundation, under the PSF License Agreement.
 """
 
@@ -92,30 +114,38 @@ def train_tokenizer(paragraphs: list[str], vocab_size: int) -> PreTrainedTokeniz
     return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>")
 
 
-def model_config(vocab_size: int) -> transformers.Qwen3Config:
-    """Qwen3-0.6B's layout at toy size: 4 layers, hidden 128, 4 query / 2 KV heads of 32."""
+def model_config(vocab_size: int, draft: bool = False) -> transformers.Qwen3Config:
+    """Qwen3-0.6B's layout at toy size: 4 layers, hidden 128, 4 query / 2 KV heads of 32;
+    the draft: 2 layers, hidden 96, 3 query / 1 KV head of 32 (a third of the parameters)."""
+    size = (dict(hidden_size=96, intermediate_size=288, num_hidden_layers=2, num_attention_heads=3,
+                 num_key_value_heads=1) if draft else
+            dict(hidden_size=128, intermediate_size=384, num_hidden_layers=4, num_attention_heads=4,
+                 num_key_value_heads=2))
     return transformers.Qwen3Config(
-        vocab_size=vocab_size, hidden_size=128, intermediate_size=384, num_hidden_layers=4,
-        num_attention_heads=4, num_key_value_heads=2, head_dim=32, max_position_embeddings=512,
+        vocab_size=vocab_size, **size, head_dim=32, max_position_embeddings=512,
         rms_norm_eps=1e-6, rope_theta=10000.0, tie_word_embeddings=True, initializer_range=0.02,
         bos_token_id=1, eos_token_id=2, pad_token_id=0, architectures=["Qwen3ForCausalLM"],
     )
 
 
 def train(out: Path, steps: int = 1200, batch_size: int = 16, seq_len: int = 128, lr: float = 3e-3,
-          vocab_size: int = 1024, seed: int = 0) -> dict:
+          vocab_size: int = 1024, seed: int = 0, draft: bool = False) -> dict:
     """Train and write the checkpoint folder ``out``; returns a summary (also saved as
-    ``training.json`` beside the weights)."""
+    ``training.json`` beside the weights). ``draft``: the smaller draft model, with the
+    tokenizer of the shipped model (which must exist) instead of a freshly trained one."""
     torch.set_num_threads(1)  # one thread: the same float sums in the same order on every run
     torch.manual_seed(seed)
     paragraphs = training_paragraphs()
-    tokenizer = train_tokenizer(paragraphs, vocab_size)
+    if draft:  # the target's own files: a retrained BPE could merge differently
+        tokenizer = PreTrainedTokenizerFast.from_pretrained(DEFAULT_OUT)
+    else:
+        tokenizer = train_tokenizer(paragraphs, vocab_size)
     stream: list[int] = []
     for text in paragraphs:
         stream += tokenizer(text).input_ids + [tokenizer.eos_token_id]
     data = torch.tensor(stream, dtype=torch.long)
 
-    model = transformers.Qwen3ForCausalLM(model_config(len(tokenizer))).float()
+    model = transformers.Qwen3ForCausalLM(model_config(len(tokenizer), draft)).float()
     model.config._attn_implementation = "sdpa"
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
@@ -148,25 +178,29 @@ def train(out: Path, steps: int = 1200, batch_size: int = 16, seq_len: int = 128
     model.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
     summary = {
-        "model": MODEL_NAME, "parameters": sum(p.numel() for p in model.parameters()),
+        "model": DRAFT_NAME if draft else MODEL_NAME, "parameters": sum(p.numel() for p in model.parameters()),
         "training_tokens": steps * batch_size * seq_len, "corpus_tokens": len(stream),
         "steps": steps, "batch_size": batch_size, "seq_len": seq_len, "lr": lr, "seed": seed,
         "final_loss": round(sum(losses[-50:]) / len(losses[-50:]), 3),
         "torch": torch.__version__, "transformers": transformers.__version__,
-        "command": "python -m tutorial_engine.book.train_tiny",
+        "command": "python -m tutorial_engine.book.train_tiny" + (" --draft" if draft else ""),
     }
     (out / "training.json").write_text(json.dumps(summary, indent=2) + "\n")
-    (out / "README.md").write_text(MODEL_CARD)
+    (out / "README.md").write_text(DRAFT_MODEL_CARD if draft else MODEL_CARD)
     return summary
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tutorial_engine.book.train_tiny", description=__doc__.split("\n")[0])
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"checkpoint folder (default: {DEFAULT_OUT})")
+    parser.add_argument("--out", type=Path, default=None,
+                        help=f"checkpoint folder (default: {DEFAULT_OUT}, or {DRAFT_OUT} with --draft)")
     parser.add_argument("--steps", type=int, default=1200)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--draft", action="store_true",
+                        help="train the smaller draft model, with the shipped model's tokenizer")
     args = parser.parse_args(argv)
-    summary = train(args.out, steps=args.steps, seed=args.seed)
+    out = args.out or (DRAFT_OUT if args.draft else DEFAULT_OUT)
+    summary = train(out, steps=args.steps, seed=args.seed, draft=args.draft)
     print(json.dumps(summary, indent=2))
     return 0
 
