@@ -17,7 +17,8 @@ from tutorial_engine.engine import LLMEngine
 from tutorial_engine.loader import decoder_spec, load_hf_config
 from tutorial_engine.sampler import SamplingBatch
 from tutorial_engine.sim.device import SimulatedDevice, SimulatedExecutor, make_simulated_executor
-from tutorial_engine.sim.timing import StepFeatures, StepTimeModel, fit, refit
+from tutorial_engine.sim.fit import refit
+from tutorial_engine.sim.timing import StepFeatures, StepTimeModel, fit
 from tutorial_engine.step_plan import PLACEHOLDER, StepPlan
 
 STEP_S = 0.2  # modelled seconds of every step in the fixed-time tests
@@ -250,7 +251,7 @@ def test_fit_recovers_known_coefficients_with_the_overlapped_pairing():
 
 
 def test_stored_fit_is_the_refit_of_the_recorded_h200_run():
-    """``python -m tutorial_engine.sim.timing --write`` wrote h200_step_time.json from
+    """``python -m tutorial_engine.sim.fit --write`` wrote h200_step_time.json from
     bench_vs_nanovllm_h200.json: a refit (a replay of the workload, ~1 CPU second)
     gives the same coefficients, and the fit reproduces the recorded step times:
     decode steps within 3% (median) / 8% (90th percentile); prefill steps within 5%
