@@ -172,7 +172,7 @@ class LLMEngine:
         steps: list[SchedulerOutput] = [self._in_flight.scheduler_output] if self._in_flight is not None else []
         try:
             finished = self._wait_before_planning()
-            if finished and not self.scheduler.has_unfinished():
+            if not self.has_unfinished():  # the step just completed was the last
                 return finished
             scheduler_output = self.scheduler.schedule()
             steps.append(scheduler_output)
