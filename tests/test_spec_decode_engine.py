@@ -345,3 +345,60 @@ def test_rollback_frees_trailing_blocks_tail_first():
     assert kv.allocator.free_block_ids[-1] == tail[-1]
     with pytest.raises(ValueError, match="only 5 are computed"):
         kv.rollback(seq, 6)
+
+
+def test_serve_cli_takes_speculative_config_json(tiny_checkpoints):
+    import argparse
+
+    from tutorial_engine.serving.cli import add_engine_arguments, engine_options
+
+    parser = argparse.ArgumentParser()
+    add_engine_arguments(parser)
+    args = parser.parse_args(["--speculative-config", '{"method": "ngram", "num_speculative_tokens": 3}'])
+    config = EngineConfig(model=str(tiny_checkpoints["qwen3"]), **engine_options(args))
+    assert config.speculative_config.method == "ngram" and config.speculative_config.num_speculative_tokens == 3
+
+
+# -- draft-model proposals ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("prefix_caching", ["none", "radix"])
+def test_book_draft_model_keeps_greedy_outputs(prefix_caching):
+    prompts = ["The import statement", PASSAGE + "\n\nExceptions are a means of", "A class"]
+    plain = LLM(TRAINED_MODEL).generate(prompts, greedy(32), use_tqdm=False)
+    llm = LLM(TRAINED_MODEL, prefix_caching=prefix_caching, kvcache_block_size=4, num_kvcache_blocks=40,
+              speculative_config={"model": str(DRAFT_OUT), "num_speculative_tokens": 3})
+    spec = llm.generate(prompts, greedy(32), use_tqdm=False)
+    assert [o["token_ids"] for o in spec] == [o["token_ids"] for o in plain]
+    metrics = llm.get_metrics()
+    assert 0 < metrics["spec_decode_num_accepted_tokens"] < metrics["spec_decode_num_draft_tokens"]
+    assert_all_blocks_back(llm)
+    llm.shutdown()
+
+
+@pytest.mark.parametrize("overlap", [False, True])
+def test_a_draft_identical_to_the_target_accepts_every_proposal(stories260k, overlap):
+    prompts = STORY_PROMPTS
+    llm = LLM(stories260k, overlap_scheduling=overlap, kvcache_block_size=4, num_kvcache_blocks=40,
+              max_num_batched_tokens=24, speculative_config={"model": str(stories260k), "num_speculative_tokens": 4})
+    outs = llm.generate(prompts, greedy(40, stop_token_ids=[1]), use_tqdm=False)
+    eos = llm.engine.eos_token_ids | {1}
+    for prompt, out in zip(prompts, outs):
+        assert out["token_ids"] == hf_greedy(stories260k, llm.tokenizer(prompt).input_ids, 40, eos)
+    metrics = llm.get_metrics()
+    assert metrics["num_preemptions"] > 0
+    assert metrics["spec_decode_num_draft_tokens"] > 0
+    assert metrics["spec_decode_acceptance_rate"] == 1.0
+    assert_all_blocks_back(llm)
+
+
+def test_a_random_draft_of_another_seed_keeps_tiny_outputs(tiny_checkpoints, tmp_path):
+    from tutorial_engine.book.tiny import write_tiny_checkpoint
+
+    path = tiny_checkpoints["qwen3"]
+    draft = write_tiny_checkpoint(tmp_path / "draft", "qwen3", seed=1, num_hidden_layers=1)
+    llm = LLM(path, kvcache_block_size=4, speculative_config={"model": str(draft), "num_speculative_tokens": 2})
+    outs = llm.generate(REPEATING, greedy(16, ignore_eos=True), use_tqdm=False)
+    for prompt, out in zip(REPEATING, outs):
+        assert out["token_ids"] == hf_greedy(path, llm.tokenizer(prompt).input_ids, 16)
+    assert llm.get_metrics()["spec_decode_num_draft_tokens"] > 0

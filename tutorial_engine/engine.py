@@ -34,6 +34,7 @@ from .sampling_params import SamplingParams
 from .scheduler import Scheduler, SchedulerConfig, SchedulerOutput
 from .sequence import Sequence
 from .spec_decode import NgramProposer
+from .spec_decode.draft import DraftModelProposer
 from .step_plan import build_step_plan
 
 logger = logging.getLogger(__name__)
@@ -87,8 +88,7 @@ class LLMEngine:
         self.kv_cache = KVCacheManager(num_blocks, config.kvcache_block_size, config.prefix_caching)
         scheduler_config = SchedulerConfig(config.max_num_seqs, config.max_num_batched_tokens, self.max_model_len,
                                            config.enable_chunked_prefill, config.scheduling_policy)
-        proposer = NgramProposer(self.speculative_config) if self.speculative_config is not None else None
-        self.scheduler = Scheduler(scheduler_config, self.kv_cache, self.eos_token_ids, proposer)
+        self.scheduler = Scheduler(scheduler_config, self.kv_cache, self.eos_token_ids, self._make_proposer())
         self.metrics = Metrics()
         self.requests: dict[int, Sequence] = {}  # unfinished requests by id
         self._in_flight: InFlightStep | None = None
@@ -117,12 +117,28 @@ class LLMEngine:
     def _check_speculation(config: EngineConfig, hf_config) -> None:
         """Refuse what speculative decoding does not support yet, before loading weights."""
         config.speculative_config.check_draft(hf_config)
-        if config.speculative_config.method == "draft_model":
-            raise ValueError("speculative_config with a draft 'model' is not built yet; use "
-                             "{'method': 'ngram', 'num_speculative_tokens': k}.")
         if config.device == "sim":
             raise ValueError("speculative_config does not run on device='sim' (its timing model knows no verify "
                              "steps); use device='cpu' or 'cuda'.")
+
+    def _make_proposer(self) -> NgramProposer | DraftModelProposer | None:
+        """Prompt lookup, or a draft model in an engine of its own (plain loop, radix
+        prefix cache, the target's device, dtype and memory options)."""
+        spec_config = self.speculative_config
+        if spec_config is None:
+            return None
+        if spec_config.method == "ngram":
+            return NgramProposer(spec_config)
+        config = self.config
+        max_model_len = min(self.max_model_len, decoder_spec(load_hf_config(spec_config.model)).max_position_embeddings)
+        # One sequence at a time; twice its pages, so the radix cache keeps the previous call's.
+        num_blocks = 2 * -(-max_model_len // config.kvcache_block_size)
+        draft_config = EngineConfig(
+            model=spec_config.model, device=config.device, dtype=config.dtype, seed=config.seed,
+            max_model_len=max_model_len, kvcache_block_size=config.kvcache_block_size, num_kvcache_blocks=num_blocks,
+            max_num_seqs=1, prefix_caching="radix", overlap_scheduling=False,
+            attention_backend=config.attention_backend, enforce_eager=config.enforce_eager)
+        return DraftModelProposer(spec_config, LLMEngine(draft_config))
 
     @property
     def num_kvcache_blocks(self) -> int:
@@ -246,6 +262,8 @@ class LLMEngine:
             self.abort(seq_id)
         self._in_flight = None
         self.executor.shutdown()
+        if isinstance(self.scheduler.proposer, DraftModelProposer):
+            self.scheduler.proposer.engine.shutdown()
 
     def get_metrics(self) -> dict:
         """The engine's counters; with speculation on, vLLM's ``spec_decode_*`` counters too."""
