@@ -86,6 +86,19 @@ class KVCacheManager:
             for index, page in self.prefix_cache.cache(seq, num_new_tokens).items():
                 seq.block_table[index] = page
 
+    def rollback(self, seq: Sequence, num_computed_tokens: int) -> None:
+        """A verify step rejected proposals: keep ``num_computed_tokens`` computed (the
+        rows' accepted prefix) and free the blocks wholly past them, tail first. Those
+        blocks were allocated for the proposals and never published: the prefix cache
+        takes only full blocks of computed tokens, and this runs before it looks."""
+        if num_computed_tokens > seq.num_computed_tokens:
+            raise ValueError(f"rollback to {num_computed_tokens} computed tokens, but only "
+                             f"{seq.num_computed_tokens} are computed.")
+        seq.num_computed_tokens = num_computed_tokens
+        num_kept = -(-num_computed_tokens // self.block_size)
+        while len(seq.block_table) > num_kept:
+            self.allocator.decref(seq.block_table.pop())
+
     def forget_computed(self, seq: Sequence, num_tokens: int) -> None:
         """The steps that computed ``seq``'s tokens from ``num_tokens`` on failed: count
         only the first ``num_tokens`` as computed, so no page holding unwritten K/V is

@@ -13,6 +13,7 @@ import torch
 from .checks import as_bool, as_float, as_int, show
 from .distributed import check_devices
 from .models.kernel_registry import FUSED_KERNEL_MODES, FusedKernelsMode
+from .spec_decode.config import SpeculativeConfig, parse_speculative_config
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +56,12 @@ class EngineConfig:
     ``tensor_parallel_size``: split the model over this many processes (chapter 8), on
     consecutive GPUs from ``device`` (which must all exist), or all on the CPU (gloo).
 
+    ``speculative_config``: speculative decoding (chapter 10), vLLM's dict form or its
+    JSON: ``{"method": "ngram", "num_speculative_tokens": k}`` (prompt lookup) or
+    ``{"model": draft_path, "num_speculative_tokens": k}`` (a draft model with the
+    target's tokenizer); parsed into a :class:`SpeculativeConfig` here, the draft's
+    vocabulary checked against the target's by the engine before any weight loads.
+
     Raises:
         TypeError: a field of the wrong type, naming the field and the type it needs.
         ValueError: for out-of-range values, or a device (or, for tensor parallelism,
@@ -82,9 +89,11 @@ class EngineConfig:
     seed: int = 0
     load_format: LoadFormat = "auto"
     scheduling_policy: SchedulingPolicy = "fcfs"
+    speculative_config: SpeculativeConfig | dict | str | None = None
 
     def __post_init__(self) -> None:
         self._check_types()
+        self.speculative_config = parse_speculative_config(self.speculative_config)
         checks = [
             (self.max_num_seqs >= 1, f"max_num_seqs={self.max_num_seqs} must be >= 1"),
             (self.max_num_batched_tokens >= 1, f"max_num_batched_tokens={self.max_num_batched_tokens} must be >= 1"),

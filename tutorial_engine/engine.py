@@ -10,6 +10,10 @@ Two loops over the same pieces (chapter 7):
   scheduling. A request whose last token is still on the GPU takes it from there
   (``StepPlan`` placeholders); a request that stops on that token has run one extra
   step, whose token is dropped.
+
+With speculative decoding (chapter 10) proposals are drafted from tokens on the CPU,
+so the overlapped loop waits for a step that sampled before planning the next
+(``in_flight.py`` has the rule); steps that only run prompt chunks stay overlapped.
 """
 
 from __future__ import annotations
@@ -29,6 +33,8 @@ from .models import DecoderSpec
 from .sampling_params import SamplingParams
 from .scheduler import Scheduler, SchedulerConfig, SchedulerOutput
 from .sequence import Sequence
+from .spec_decode import NgramProposer
+from .spec_decode.draft import DraftModelProposer
 from .step_plan import build_step_plan
 
 logger = logging.getLogger(__name__)
@@ -40,6 +46,11 @@ class InFlightStep:
 
     scheduler_output: SchedulerOutput
     result: StepResult
+
+    @property
+    def samples(self) -> bool:
+        """Some row of the step samples a token (a decode, a verify or a prompt's last chunk)."""
+        return any(item.will_sample for item in self.scheduler_output.scheduled)
 
 
 class LLMEngine:
@@ -66,6 +77,9 @@ class LLMEngine:
         self.dtype = resolve_dtype(config.dtype, checkpoint_dtype(hf_config), self.device)
         self.tokenizer = load_tokenizer(config.model)
         self.eos_token_ids = eos_token_ids(config.model, hf_config, self.tokenizer)
+        self.speculative_config = config.speculative_config
+        if self.speculative_config is not None:
+            self._check_speculation(config, hf_config)
         self.overlap_scheduling = (config.overlap_scheduling if config.overlap_scheduling is not None
                                    else self.device.type == "cuda")
         self.executor: Executor = executor or make_executor(config, self.spec, self.device, self.dtype,
@@ -74,7 +88,7 @@ class LLMEngine:
         self.kv_cache = KVCacheManager(num_blocks, config.kvcache_block_size, config.prefix_caching)
         scheduler_config = SchedulerConfig(config.max_num_seqs, config.max_num_batched_tokens, self.max_model_len,
                                            config.enable_chunked_prefill, config.scheduling_policy)
-        self.scheduler = Scheduler(scheduler_config, self.kv_cache, self.eos_token_ids)
+        self.scheduler = Scheduler(scheduler_config, self.kv_cache, self.eos_token_ids, self._make_proposer())
         self.metrics = Metrics()
         self.requests: dict[int, Sequence] = {}  # unfinished requests by id
         self._in_flight: InFlightStep | None = None
@@ -98,6 +112,33 @@ class LLMEngine:
                 "lower max_model_len, or set enable_chunked_prefill=True."
             )
         return max_model_len
+
+    @staticmethod
+    def _check_speculation(config: EngineConfig, hf_config) -> None:
+        """Refuse what speculative decoding does not support yet, before loading weights."""
+        config.speculative_config.check_draft(hf_config)
+        if config.device == "sim":
+            raise ValueError("speculative_config does not run on device='sim' (its timing model knows no verify "
+                             "steps); use device='cpu' or 'cuda'.")
+
+    def _make_proposer(self) -> NgramProposer | DraftModelProposer | None:
+        """Prompt lookup, or a draft model in an engine of its own (plain loop, radix
+        prefix cache, the target's device, dtype and memory options)."""
+        spec_config = self.speculative_config
+        if spec_config is None:
+            return None
+        if spec_config.method == "ngram":
+            return NgramProposer(spec_config)
+        config = self.config
+        max_model_len = min(self.max_model_len, decoder_spec(load_hf_config(spec_config.model)).max_position_embeddings)
+        # One sequence at a time; twice its pages, so the radix cache keeps the previous call's.
+        num_blocks = 2 * -(-max_model_len // config.kvcache_block_size)
+        draft_config = EngineConfig(
+            model=spec_config.model, device=config.device, dtype=config.dtype, seed=config.seed,
+            max_model_len=max_model_len, kvcache_block_size=config.kvcache_block_size, num_kvcache_blocks=num_blocks,
+            max_num_seqs=1, prefix_caching="radix", overlap_scheduling=False,
+            attention_backend=config.attention_backend, enforce_eager=config.enforce_eager)
+        return DraftModelProposer(spec_config, LLMEngine(draft_config))
 
     @property
     def num_kvcache_blocks(self) -> int:
@@ -146,18 +187,31 @@ class LLMEngine:
         """
         steps: list[SchedulerOutput] = [self._in_flight.scheduler_output] if self._in_flight is not None else []
         try:
+            finished = self._wait_before_planning()
+            if not self.has_unfinished():  # the step just completed was the last
+                return finished
             scheduler_output = self.scheduler.schedule()
             steps.append(scheduler_output)
             if scheduler_output.is_empty and self._in_flight is None:
                 raise RuntimeError("the scheduler found nothing to run although requests are pending")
             if self.overlap_scheduling:
-                return self._step_overlapped(scheduler_output)
-            return self._step_plain(scheduler_output)
+                return finished + self._step_overlapped(scheduler_output)
+            return finished + self._step_plain(scheduler_output)
         except BaseException as err:
             aborted = self._abort_steps(steps)
             if aborted and hasattr(err, "add_note"):
                 err.add_note(f"tutorial_engine aborted the requests of the failed step: {aborted}")
             raise
+
+    def _wait_before_planning(self) -> list[Sequence]:
+        """With speculation on, complete the step in flight first if it sampled: the
+        next plan drafts proposals from its tokens, and a verify step's accepted count
+        decides where its rows resume (``in_flight.py``). Returns what finished."""
+        step = self._in_flight
+        if self.speculative_config is None or step is None or not step.samples:
+            return []
+        self._in_flight = None
+        return self._complete(step)
 
     def _step_plain(self, scheduler_output: SchedulerOutput) -> list[Sequence]:
         """Plan, run, wait, update: chapters 2-6."""
@@ -208,6 +262,15 @@ class LLMEngine:
             self.abort(seq_id)
         self._in_flight = None
         self.executor.shutdown()
+        if isinstance(self.scheduler.proposer, DraftModelProposer):
+            self.scheduler.proposer.engine.shutdown()
+
+    def get_metrics(self) -> dict:
+        """The engine's counters; with speculation on, vLLM's ``spec_decode_*`` counters too."""
+        metrics = self.metrics.as_dict()
+        if self.speculative_config is not None:
+            metrics.update(self.scheduler.spec_decode_stats.as_dict())
+        return metrics
 
     def decode(self, token_ids: list[int]) -> str:
         return self.tokenizer.decode(token_ids, skip_special_tokens=True) if self.tokenizer else ""

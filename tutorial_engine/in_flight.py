@@ -8,8 +8,21 @@ reached the CPU. The engine keeps one invariant:
     one of them as input names its *input row*: the row of that step's sampled-token
     tensor that holds it (SGLang's "future" token map; vLLM's async scheduling).
 
-A step samples one token per request today, so a request has at most one token in
-flight and one input row; a speculative verify step will emit several, each its own row.
+A plain step samples one token per request, so a request has at most one token in
+flight and one input row.
+
+Speculative decoding (chapter 10) keeps the invariant by a second rule, the simplest
+correct one:
+
+    with speculation on, a step that sampled (a decode, a verify, a prompt's last
+    chunk) delivers its tokens to the CPU before the next step is planned.
+
+Two reasons, each enough: prompt lookup drafts from the request's tokens, so they must
+be on the CPU; and a verify step emits between 1 and ``n + 1`` tokens, so until its
+result arrives nobody knows how many of its row's computed tokens survive, nor where
+the next row starts. A verify step is therefore never overlapped, and nothing is in
+flight when a speculating step is planned. Steps that only run prompt chunks stay
+overlapped (``LLMEngine._wait_before_planning``).
 
 Where the rules apply, each once:
 

@@ -155,6 +155,8 @@ class LLM:
             "ttft": seq.first_token_time - seq.arrival_time,
             "itl": [b - a for a, b in zip(times[1:], times[2:])],
             "tpot": (times[-1] - times[1]) / (len(times) - 2) if len(times) > 2 else None,
+            "num_draft_tokens": seq.spec_decode_stats.num_draft_tokens,  # proposals verified (speculative decoding)
+            "num_accepted_tokens": seq.spec_decode_stats.num_accepted_tokens,
         }
 
     def shutdown(self) -> None:
@@ -172,5 +174,8 @@ class LLM:
 
     def get_metrics(self) -> dict:
         """Cumulative counters: steps, prefill/decode tokens, preemptions, prefix-cache
-        queried/hit tokens, chunked-prefill steps, batched tokens per step."""
-        return self.engine.metrics.as_dict()
+        queried/hit tokens, chunked-prefill steps, batched tokens per step; with
+        ``speculative_config``, vLLM's ``spec_decode_num_drafts``,
+        ``spec_decode_num_draft_tokens``, ``spec_decode_num_accepted_tokens`` (and per
+        position), the acceptance rate and the mean accepted length per verify row."""
+        return self.engine.get_metrics()

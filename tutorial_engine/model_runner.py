@@ -32,6 +32,7 @@ from .loader import load_weights
 from .models import CausalLM, DecoderSpec
 from .models.kernel_registry import select_fused_kernels
 from .sampler import Sampler
+from .spec_decode.rejection import RejectionSampler
 from .step_plan import StepPlan
 from .transfer import to_device
 
@@ -54,8 +55,10 @@ class StepResult:
     """The tokens one step sampled, on their way to the CPU.
 
     Attributes:
-        sampled: int64 ``[S]`` on the device, one token per sampling row of the plan.
-        host: int64 ``[S]`` in pinned host memory, filled by an asynchronous copy.
+        sampled: int64 ``[S]`` on the device, one token per sampling row of the plan;
+            for a verify step (speculative decoding) ``[S, K + 1]``: each row's
+            emitted tokens (accepted proposals, then the target's own), padded with -1.
+        host: the same in pinned host memory, filled by an asynchronous copy.
         copied: CUDA event recorded after that copy (None on a CPU, where it is done).
     """
 
@@ -73,10 +76,13 @@ class StepResult:
         copied.record()
         return cls(sampled, host, copied)
 
-    def token_ids(self) -> list[int]:
-        """Wait for the copy (only this step's, not later queued work) and return the tokens."""
+    def token_ids(self) -> list[int] | list[list[int]]:
+        """Wait for the copy (only this step's, not later queued work) and return the
+        tokens: one per sampling row, or for a verify step each row's emitted tokens."""
         if self.copied is not None:
             self.copied.synchronize()
+        if self.host.dim() == 2:
+            return [[token for token in row if token >= 0] for row in self.host.tolist()]
         return self.host.tolist()
 
 
@@ -112,6 +118,7 @@ class ModelRunner:
         for layer in self.model.attention_layers():
             layer.backend = self.backend
         self.sampler = Sampler(device, config.seed)
+        self.rejection_sampler = RejectionSampler(self.sampler)
         self.kv_cache: torch.Tensor | None = None
         self.graphs: CUDAGraphDecoder | None = None
         self.memory_profile: MemoryProfile | None = None
@@ -242,6 +249,9 @@ class ModelRunner:
         device, so the CPU never waits for them."""
         input_ids = self._to_device(plan.input_ids)
         if len(plan.placeholder_index):
+            if self.previous_sampled.dim() != 1:
+                raise RuntimeError("a plan reads a placeholder from a verify step's tokens; a speculating step's "
+                                   "tokens must reach the CPU before the next plan (in_flight.py).")
             input_ids[self._to_device(plan.placeholder_index)] = self.previous_sampled[self._to_device(plan.input_rows)]
         query_lens = np.diff(plan.query_start_loc)
         meta = AttentionMetadata(
@@ -284,7 +294,9 @@ class ModelRunner:
 
     def sample(self, hidden: torch.Tensor, logits_indices: torch.Tensor,
                plan: StepPlan) -> torch.Tensor:
-        """The next token of each sampling row: int64 ``[S]``, identical on every rank.
+        """The next token of each sampling row: int64 ``[S]``, identical on every rank;
+        for a step that verifies proposals, each row's emitted tokens, int64 ``[S, K + 1]``
+        padded with -1 (:class:`~tutorial_engine.spec_decode.RejectionSampler`).
 
         With tensor parallelism rank 0 alone samples (it gathered the logits) and
         broadcasts the tokens: every rank must hold the same ``previous_sampled``,
@@ -299,8 +311,14 @@ class ModelRunner:
         if n != hidden.shape[0]:  # decode steps sample every row
             hidden = hidden[logits_indices]
         logits = self.model.compute_logits(hidden)  # None on ranks other than 0
-        if self.tp_rank == 0:
+        if self.tp_rank == 0 and plan.speculates:
+            sampled = self.rejection_sampler(logits, plan.num_draft_tokens, self._to_device(plan.draft_token_ids),
+                                             plan.sampling).token_ids
+        elif self.tp_rank == 0:
             sampled = self.sampler(logits, plan.sampling)
+        elif plan.speculates:
+            sampled = torch.empty((len(plan.num_draft_tokens), int(plan.num_draft_tokens.max()) + 1),
+                                  dtype=torch.int64, device=self.device)
         else:
             sampled = torch.empty(n, dtype=torch.int64, device=self.device)
         if self.tp_size > 1:

@@ -22,6 +22,12 @@ appends the sampled tokens when the step's result arrives. In the plain loop the
 result arrives before the next plan; with overlap scheduling (chapter 7) the next step
 is planned first, so a sequence may have a token in flight while it is scheduled
 again (``Sequence.in_flight``; the rules are in ``in_flight.py``).
+
+With speculative decoding (chapter 10) a decode row may carry proposed tokens: it
+runs as an extend row of ``1 + n`` tokens (its last token and ``n`` proposals), the
+budget counts all of them, and the result brings back between 1 and ``n + 1``
+emitted tokens, appended one at a time with the usual stop checks; the KV cache
+manager then rolls the computed count back past the rejected proposals.
 """
 
 from __future__ import annotations
@@ -29,10 +35,23 @@ from __future__ import annotations
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+
 from .block_manager import KVCacheManager
 from .config import SchedulingPolicy
 from .metrics import StepStats
 from .sequence import FinishReason, Sequence, SequenceStatus
+from .spec_decode.metrics import SpecDecodeStats
+from .spec_decode.verify import num_computed_after_verify
+
+
+class Proposer(Protocol):
+    """Drafts tokens for a decode row from the tokens on the CPU (prompt lookup's
+    :class:`~tutorial_engine.spec_decode.NgramProposer`)."""
+
+    def propose(self, token_ids: list[int], max_proposals: int | None = None) -> np.ndarray: ...
 
 
 @dataclass(frozen=True)
@@ -55,10 +74,14 @@ class ScheduledSequence:
     the sequence's last token, so its logits give the next token (a partial prefill
     chunk samples nothing); ``input_row``, for a sequence whose last token is still in
     flight, the row of the previous step's sampled tokens that holds it (else -1).
+
+    ``draft_token_ids``: proposals that follow the sequence's last token in this row
+    (speculative decoding); they are part of ``num_new_tokens``.
     """
 
     seq: Sequence
     num_new_tokens: int
+    draft_token_ids: list[int] = field(default_factory=list)
     start: int = field(init=False)
     will_sample: bool = field(init=False)
     input_row: int = field(init=False)
@@ -66,7 +89,8 @@ class ScheduledSequence:
     def __post_init__(self) -> None:
         seq = self.seq
         self.start = seq.num_computed_tokens
-        self.will_sample = self.start + self.num_new_tokens == seq.num_tokens + seq.in_flight.num_tokens
+        known = self.num_new_tokens - len(self.draft_token_ids)
+        self.will_sample = self.start + known == seq.num_tokens + seq.in_flight.num_tokens
         self.input_row = seq.in_flight.pending_input_row()
 
 
@@ -92,9 +116,11 @@ class Scheduler:
         config: the limits (``max_num_seqs``, ``max_num_batched_tokens``, ...).
         kv_cache: the page allocator the scheduler reserves slots from.
         eos_token_ids: tokens that finish a request unless ``ignore_eos``.
+        proposer: drafts tokens for decode rows (speculative decoding), or None.
     """
 
-    def __init__(self, config: SchedulerConfig, kv_cache: KVCacheManager, eos_token_ids: set[int]) -> None:
+    def __init__(self, config: SchedulerConfig, kv_cache: KVCacheManager, eos_token_ids: set[int],
+                 proposer: Proposer | None = None) -> None:
         self.max_num_seqs = config.max_num_seqs
         self.token_budget = config.max_num_batched_tokens
         self.chunked_prefill = config.enable_chunked_prefill
@@ -104,6 +130,8 @@ class Scheduler:
         self.eos_token_ids = eos_token_ids
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []
+        self.proposer = proposer
+        self.spec_decode_stats = SpecDecodeStats()  # engine-wide; each sequence keeps its own too
 
     def add(self, seq: Sequence) -> None:
         self.waiting.append(seq)
@@ -136,6 +164,12 @@ class Scheduler:
                     seq.num_tokens, seq.num_prompt_tokens, seq.sampling_params.max_tokens, self.max_model_len):
                 continue
             num_new = min(seq.num_uncomputed_tokens, budget)
+            drafts = self._propose(seq, budget)
+            if drafts and self.kv_cache.allocate_slots(seq, num_new + len(drafts)):
+                scheduler_output.scheduled.append(ScheduledSequence(seq, num_new + len(drafts), drafts))
+                scheduled_ids.add(seq.seq_id)
+                budget -= num_new + len(drafts)
+                continue  # proposals never cost a preemption: without room the row decodes plainly
             while not self.kv_cache.allocate_slots(seq, num_new):
                 victims = [s for s in self.running if s.seq_id not in scheduled_ids and s is not seq]
                 victim = victims[-1] if victims else seq
@@ -147,6 +181,17 @@ class Scheduler:
                 scheduled_ids.add(seq.seq_id)
                 budget -= num_new
         return budget
+
+    def _propose(self, seq: Sequence, budget: int) -> list[int]:
+        """Proposals for a decode row whose last token is on the CPU, at most as many as
+        the budget, ``max_tokens`` and ``max_model_len`` leave room for: a verify row
+        emits up to one token more than it proposes."""
+        if (self.proposer is None or seq.in_flight.num_tokens or seq.num_uncomputed_tokens != 1
+                or seq.num_output_tokens == 0):
+            return []
+        cap = min(budget - 1, seq.sampling_params.max_tokens - seq.num_output_tokens - 1,
+                  self.max_model_len - seq.num_tokens - 1)
+        return self.proposer.propose(seq.token_ids, cap).tolist() if cap > 0 else []
 
     def _next_waiting(self) -> Sequence:
         """The queued request to admit next: the oldest (``fcfs``; a preempted request
@@ -201,8 +246,9 @@ class Scheduler:
         row = 0
         for item in scheduler_output.scheduled:
             seq = item.seq
-            if item.num_new_tokens == 1 and item.will_sample and item.start >= seq.num_prompt_tokens:
-                stats.num_decode_tokens += 1
+            if (item.num_new_tokens - len(item.draft_token_ids) == 1 and item.will_sample
+                    and item.start >= seq.num_prompt_tokens):
+                stats.num_decode_tokens += item.num_new_tokens
             else:
                 stats.num_prefill_tokens += item.num_new_tokens
             stats.has_partial_prefill |= not item.will_sample
@@ -213,27 +259,35 @@ class Scheduler:
 
     # -- results ----------------------------------------------------------------------
 
-    def update_from_output(self, scheduler_output: SchedulerOutput, sampled_token_ids: list[int]) -> list[Sequence]:
-        """The step ``out`` ran: append its sampled tokens (one per sampling sequence,
-        in scheduled order), let the prefix cache publish full pages, and finish (and
-        free) the sequences that stop. A sequence that already finished while this
-        step was in flight (overlap scheduling) drops its token.
-        Returns the sequences that finished."""
+    def update_from_output(self, scheduler_output: SchedulerOutput,
+                           sampled_token_ids: list[int] | list[list[int]]) -> list[Sequence]:
+        """The step ``out`` ran: append its sampled tokens (per sampling sequence, in
+        scheduled order, one token, or a verify row's list of emitted tokens), let the
+        prefix cache publish full pages, and finish (and free) the sequences that stop.
+        A sequence that already finished while this step was in flight (overlap
+        scheduling) drops its tokens. Returns the sequences that finished."""
         now = time.perf_counter()
         tokens = iter(sampled_token_ids)
         finished = []
         for item in scheduler_output.scheduled:
             seq = item.seq
-            token = next(tokens) if item.will_sample else None
+            emitted = next(tokens) if item.will_sample else None
             if seq.is_finished:  # it ended while this step was in flight: drop the token
                 continue
-            if token is not None:
+            if emitted is not None:
                 seq.in_flight.arrive()
-                seq.token_ids.append(token)
-                seq.token_times.append(now)
-                if seq.first_token_time is None:
-                    seq.first_token_time = now
-                reason = self._finish_reason(seq, token)
+                emitted = emitted if isinstance(emitted, list) else [emitted]
+                if item.draft_token_ids:
+                    self._accept(item, num_accepted=len(emitted) - 1)
+                reason = None
+                for token in emitted:  # one at a time: a stop ends the row, later tokens are dropped
+                    seq.token_ids.append(token)
+                    seq.token_times.append(now)
+                    if seq.first_token_time is None:
+                        seq.first_token_time = now
+                    reason = self._finish_reason(seq, token)
+                    if reason is not None:
+                        break
                 if reason is not None:
                     self.finish(seq, reason)
                     finished.append(seq)
@@ -242,6 +296,15 @@ class Scheduler:
                 # After the append: a step launched since may already count this token as computed.
                 self.kv_cache.cache_blocks(seq, item.num_new_tokens)
         return finished
+
+    def _accept(self, item: ScheduledSequence, num_accepted: int) -> None:
+        """A verify row kept ``num_accepted`` of its proposals: count them, and roll the
+        sequence's computed tokens back past the rejected ones (before any page of
+        theirs could reach the prefix cache)."""
+        num_drafts = len(item.draft_token_ids)
+        item.seq.spec_decode_stats.record(num_drafts, num_accepted)
+        self.spec_decode_stats.record(num_drafts, num_accepted)
+        self.kv_cache.rollback(item.seq, num_computed_after_verify(item.start, num_drafts, num_accepted))
 
     def _finish_reason(self, seq: Sequence, token: int) -> FinishReason | None:
         params = seq.sampling_params

@@ -9,6 +9,7 @@ from typing import Literal
 
 from .in_flight import InFlight
 from .sampling_params import SamplingParams
+from .spec_decode.metrics import SpecDecodeStats
 
 FinishReason = Literal["stop", "length", "abort"]
 
@@ -45,6 +46,7 @@ class Sequence:
     num_cached_tokens: int = 0  # prompt tokens served by the prefix cache at first admission
     num_preemptions: int = 0
     in_flight: InFlight = field(default_factory=InFlight)
+    spec_decode_stats: SpecDecodeStats = field(default_factory=SpecDecodeStats)  # its verify rows (chapter 10)
     finish_reason: FinishReason | None = None
     arrival_time: float = field(default_factory=time.perf_counter)
     first_token_time: float | None = None

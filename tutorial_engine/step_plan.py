@@ -12,6 +12,10 @@ sampled in the previous step is still on the device when the next step is planne
 Such inputs are :data:`PLACEHOLDER` and ``input_rows`` says which row of the
 previous step's sampled tokens fills each of them, on the device (the rules are in
 ``in_flight.py``).
+
+A speculating sequence (chapter 10) is an extend row: its last token, then its
+proposals; the plan samples all ``n + 1`` of its logits rows and names the proposals
+(``num_draft_tokens``, ``draft_token_ids``) for the verifier.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import numpy as np
 
 from .sampler import SamplingBatch
 from .scheduler import SchedulerOutput
+from .spec_decode.verify import verify_logits_indices
 
 PLACEHOLDER = -1
 
@@ -43,8 +48,12 @@ class StepPlan:
         query_start_loc: int32 ``[B + 1]``, prefix sums of the new-token counts.
         seq_lens: int32 ``[B]``, context length of each sequence after this step.
         block_tables: int32 ``[B, W]``, each sequence's pages, padded with 0.
-        logits_indices: int64 ``[S]``, the rows of ``input_ids`` whose logits are sampled.
+        logits_indices: int64 ``[S + D]``, the rows of ``input_ids`` whose logits are
+            sampled: per sampling sequence its last ``n + 1`` (``n`` proposals; 0 unless
+            it speculates).
         sampling: the ``S`` sampling requests' ids and settings, in the same order.
+        num_draft_tokens: int64 ``[S]``, each sampling sequence's ``n``.
+        draft_token_ids: int64 ``[D]``, the proposals, sequences in order (``D = sum n``).
         finished_seq_ids: requests that ended since the previous plan: the runner may
             drop any per-request state it keeps (seeded generators).
     """
@@ -59,6 +68,8 @@ class StepPlan:
     block_tables: np.ndarray
     logits_indices: np.ndarray
     sampling: SamplingBatch
+    num_draft_tokens: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    draft_token_ids: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     finished_seq_ids: list[int] = field(default_factory=list)
 
     @property
@@ -72,6 +83,11 @@ class StepPlan:
     @property
     def is_decode_only(self) -> bool:
         return self.num_tokens == self.num_seqs
+
+    @property
+    def speculates(self) -> bool:
+        """Some sequence verifies proposals: the step emits up to ``n + 1`` tokens per row."""
+        return len(self.draft_token_ids) > 0
 
 
 def slot_of(block_id, position, block_size: int):
@@ -98,13 +114,16 @@ def build_step_plan(scheduler_output: SchedulerOutput, block_size: int, finished
     num_tokens = int(query_start_loc[-1])
 
     # Known tokens come from the CPU copy; a sequence whose last token is still in
-    # flight ends its input with one placeholder, filled on the device.
+    # flight ends its input with one placeholder, filled on the device. Proposals
+    # follow a speculating sequence's last token.
     input_ids = np.full(num_tokens, PLACEHOLDER, np.int64)
     placeholder_index, input_rows = [], []
     for item, begin, start, end in zip(scheduled, query_start_loc.tolist(), starts.tolist(), seq_lens.tolist()):
-        known = item.seq.token_ids[start:end]
+        drafts, row_end = item.draft_token_ids, begin + end - start
+        known = item.seq.token_ids[start:end - len(drafts)]
         input_ids[begin:begin + len(known)] = known
-        if len(known) < end - start:
+        input_ids[row_end - len(drafts):row_end] = drafts
+        if len(known) + len(drafts) < end - start:
             placeholder_index.append(begin + len(known))
             input_rows.append(item.input_row)
 
@@ -118,6 +137,7 @@ def build_step_plan(scheduler_output: SchedulerOutput, block_size: int, finished
         itertools.chain.from_iterable(tables), np.int32, int(table_lens.sum()))
     slots = slot_of(block_tables[seq_index, positions // block_size].astype(np.int64), positions, block_size)
     samples = np.fromiter((s.will_sample for s in scheduled), bool, n)
+    num_drafts = np.fromiter((len(s.draft_token_ids) for s in scheduled), np.int64, n)
     sampling = [s.seq for s in scheduled if s.will_sample]
     return StepPlan(
         input_ids=input_ids,
@@ -128,7 +148,10 @@ def build_step_plan(scheduler_output: SchedulerOutput, block_size: int, finished
         query_start_loc=query_start_loc.astype(np.int32),
         seq_lens=seq_lens.astype(np.int32),
         block_tables=block_tables,
-        logits_indices=query_start_loc[1:][samples] - 1,
+        logits_indices=verify_logits_indices(query_start_loc, num_drafts, samples),
         sampling=SamplingBatch.from_params([seq.seq_id for seq in sampling], [seq.sampling_params for seq in sampling]),
+        num_draft_tokens=num_drafts[samples],
+        draft_token_ids=np.fromiter(itertools.chain.from_iterable(s.draft_token_ids for s in scheduled), np.int64,
+                                    int(num_drafts.sum())),
         finished_seq_ids=list(finished_seq_ids or []),
     )

@@ -30,6 +30,7 @@ ENGINE_FLAGS = (
     ("--device", str, "auto, cpu, cuda or cuda:N"),
     ("--dtype", str, "auto, float32, float16 or bfloat16"),
     ("--load-format", str, "auto, or dummy (random weights, for speed measurements)"),
+    ("--speculative-config", str, 'speculative decoding as JSON, e.g. \'{"method": "ngram", "num_speculative_tokens": 4}\''),
 )
 
 
