@@ -118,3 +118,10 @@ def test_after_rejections_the_engine_matches_a_fresh_one(llm, expected):
         with pytest.raises((TypeError, ValueError)):
             llm.generate(["good prompt", bad], GREEDY, use_tqdm=False)
     assert generate(llm, IDS) == [expected]
+
+
+def test_lone_surrogate_in_a_text_prompt_is_refused_before_tokenizing(tiny_checkpoints):
+    with LLM(str(tiny_checkpoints["qwen3"]), num_kvcache_blocks=8) as llm:
+        with pytest.raises(ValueError, match="lone surrogate at index 3"):
+            llm.generate(["abc\ud800"], use_tqdm=False)
+        assert llm.generate(["abc"], use_tqdm=False)[0]["finish_reason"] in ("stop", "length")

@@ -78,7 +78,7 @@ def prompt_token_ids(prompt: Prompt, tokenizer, vocab_size: int) -> list[int]:
     Raises:
         TypeError: a prompt of a form not listed above, or a token id that is not an int.
         ValueError: an empty prompt, unknown dict keys, ids outside the vocabulary,
-            text without a tokenizer, an array that is not 1-D.
+            text without a tokenizer or with lone surrogates, an array that is not 1-D.
     """
     if isinstance(prompt, dict):
         prompt = _unwrap_dict(prompt)
@@ -87,6 +87,11 @@ def prompt_token_ids(prompt: Prompt, tokenizer, vocab_size: int) -> list[int]:
             raise ValueError("the prompt is empty; give at least one character or token.")
         if tokenizer is None:
             raise ValueError("this checkpoint has no tokenizer; pass prompts as lists of token ids.")
+        try:
+            prompt.encode("utf-8")
+        except UnicodeEncodeError as err:  # a lone surrogate ("\ud800") is not text a tokenizer can encode
+            raise ValueError(f"the prompt is not valid Unicode: it holds a lone surrogate at index {err.start}; "
+                             "pass valid text (e.g. decode bytes with errors='replace').") from None
         token_ids = tokenizer(prompt).input_ids
     elif isinstance(prompt, (np.ndarray, torch.Tensor)):
         token_ids = _array_token_ids(prompt)
