@@ -32,3 +32,24 @@ def test_radix_frames_split_and_evict_and_render():
     assert len(stepper.frames[3].data["children"][0]["children"]) == 1
     html = stepper.animation(dpi=40).data
     assert html.count("data:image/png;base64") == len(stepper.frames)  # one rendered picture per frame
+
+
+def test_speculation_frames_follow_the_verify_steps_and_roll_back():
+    from tutorial_engine import LLM, SamplingParams
+    from tutorial_engine.book import TRAINED_MODEL
+    from tutorial_engine.book.train_tiny import DRAFT_OUT
+
+    llm = LLM(str(TRAINED_MODEL), kvcache_block_size=4,
+              speculative_config={"model": str(DRAFT_OUT), "num_speculative_tokens": 4})
+    stepper = steppers.record_speculation(llm, "The for statement", SamplingParams(temperature=0, max_tokens=12))
+    llm.shutdown()
+    assert stepper.frames
+    for frame in stepper.frames:
+        d = frame.data
+        assert 0 <= d["accepted"] <= len(d["proposals"]) <= 4
+        if not d["finished"]:  # the rollback keeps the last known token and the accepted proposals
+            assert d["computed_after"] == d["computed_before"] - len(d["proposals"]) + d["accepted"]
+            assert d["pages_after"] == -(-d["computed_after"] // 4)
+    assert any(f.data["accepted"] < len(f.data["proposals"]) for f in stepper.frames)
+    html = stepper.animation(dpi=30).data
+    assert html.count("data:image/png;base64") == len(stepper.frames)

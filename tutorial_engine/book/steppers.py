@@ -320,6 +320,101 @@ def _draw_tree(ax, frame: Frame) -> None:
     ax.set_ylim(-max(depth, 1) - 0.6, 0.6)
 
 
+# -- chapter 10: speculative decoding ---------------------------------------------------
+
+
+def record_speculation(llm, prompt: str, params) -> Stepper:
+    """Run one request through ``llm``'s real engine (built with a ``speculative_config``)
+    and record every verify step: the proposals, how many the target accepted, the token
+    it emitted itself, and the request's computed tokens and pages before and after the
+    rollback (``KVCacheManager.rollback``). One frame per verify step."""
+    from ..bench.patching import patched
+
+    engine = llm.engine
+    scheduler = engine.scheduler
+    update = scheduler.update_from_output
+    block_size = engine.config.kvcache_block_size
+
+    def text(token: int) -> str:
+        return engine.decode([token]).replace(" ", "\u2423").replace("\n", "\u21b5") or "?"
+
+    frames: list[Frame] = []
+
+    def record_update(out, tokens):
+        before = [(item, list(item.draft_token_ids), item.seq.num_computed_tokens, len(item.seq.block_table))
+                  for item in out.scheduled]
+        finished = update(out, tokens)
+        emitted_rows = iter(tokens)
+        for item, drafts, computed, pages in before:
+            emitted = next(emitted_rows) if item.will_sample else None
+            if not drafts or emitted is None:
+                continue
+            emitted = emitted if isinstance(emitted, list) else [emitted]
+            seq = item.seq
+            accepted = len(emitted) - 1
+            done = seq.is_finished
+            data = {"proposals": [text(t) for t in drafts], "accepted": accepted, "target": text(emitted[-1]),
+                    "computed_before": computed, "pages_before": pages, "block_size": block_size,
+                    "computed_after": computed if done else seq.num_computed_tokens,
+                    "pages_after": pages if done else len(seq.block_table), "finished": done}
+            kept = data["computed_after"]
+            caption = (f"{accepted} of {len(drafts)} accepted, "
+                       f"{len(emitted)} token{'s' if len(emitted) != 1 else ''} out; KV {computed} -> "
+                       f"{kept} tokens, pages {pages} -> {data['pages_after']}")
+            frames.append(Frame(caption + (" (request done)" if done else ""), data))
+        return finished
+
+    with patched([(scheduler, "update_from_output", record_update)]):
+        engine.add_sequence(engine.make_sequence(prompt, params))
+        while engine.has_unfinished():
+            engine.step()
+    return Stepper(frames, draw_speculation, figsize=(6.5, 3.0), interval_ms=1400)
+
+
+def draw_speculation(ax, frame: Frame) -> None:
+    """Three lanes: the proposals (green accepted, red rejected, grey never tested), the
+    tokens the step emits (accepted ones, then the target's own in blue), and the
+    request's KV slots by page (kept, rolled back, and pages freed)."""
+    d = frame.data
+    width, gap = 1.3, 0.1
+    ax.text(0, 2.55, "proposed", fontsize=FONT, va="center")
+    ax.text(0, 1.55, "emitted", fontsize=FONT, va="center")
+    ax.text(0, 0.45, "KV slots", fontsize=FONT, va="center")
+    x0 = 2.1
+    for i, token in enumerate(d["proposals"]):
+        color = "#55a868" if i < d["accepted"] else "#c44e52" if i == d["accepted"] else "#bbbbbb"
+        ax.add_patch(Rectangle((x0 + i * (width + gap), 2.2), width, 0.7, color=color))
+        ax.text(x0 + i * (width + gap) + width / 2, 2.55, token, ha="center", va="center", fontsize=FONT - 1,
+                color="white" if i <= d["accepted"] else "black", family="monospace")
+    emitted = d["proposals"][: d["accepted"]] + [d["target"]]
+    for i, token in enumerate(emitted):
+        color = "#55a868" if i < d["accepted"] else "#4c72b0"
+        ax.add_patch(Rectangle((x0 + i * (width + gap), 1.2), width, 0.7, color=color))
+        ax.text(x0 + i * (width + gap) + width / 2, 1.55, token, ha="center", va="center", fontsize=FONT - 1,
+                color="white", family="monospace")
+    # KV slots: one small square per token position, grouped by page.
+    block, pages = d["block_size"], d["pages_before"]
+    slot = min(0.3, 9.0 / max(pages * block + pages, 1))
+    for page in range(pages):
+        left = x0 + page * (block * slot + slot)
+        freed = page >= d["pages_after"]
+        ax.add_patch(Rectangle((left - 0.03, 0.12), block * slot + 0.06, 0.66, fill=False,
+                               edgecolor="#c44e52" if freed else "#555555", linestyle="--" if freed else "-"))
+        for j in range(block):
+            position = page * block + j
+            if position < d["computed_after"]:
+                color = "#8c8c8c"
+            elif position < d["computed_before"]:
+                color = "#e8a0a2"  # K/V of a rejected proposal: no longer counted
+            else:
+                continue
+            ax.add_patch(Rectangle((left + j * slot + 0.02, 0.2), slot - 0.04, 0.5, color=color))
+    ax.text(x0, -0.2, "grey: K/V kept   pink: rolled back   dashed red: page freed", fontsize=FONT - 1,
+            va="center")
+    ax.set_xlim(0, 11.5)
+    ax.set_ylim(-0.45, 3.05)
+
+
 # -- chapter 7: the overlapped loop ----------------------------------------------------
 
 
