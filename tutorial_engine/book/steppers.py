@@ -357,7 +357,7 @@ def record_overlap(llm, prompts: list, params, cpu_ms: float = 2.0, gpu_ms: floa
                 events.append(("complete", len(completed), completed[-1], len(finished)))
             frames.append(Frame(_overlap_caption(events, before), {"events": list(events), "cpu_ms": cpu_ms,
                                                                   "gpu_ms": gpu_ms}))
-    return Stepper(frames, draw_overlap, figsize=(10.0, 3.2))
+    return Stepper(frames, draw_overlap, figsize=(7.2, 3.0))
 
 
 def _overlap_caption(events: list[tuple], before: tuple[int, int]) -> str:
