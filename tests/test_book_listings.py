@@ -74,3 +74,9 @@ def test_planted_listing_without_caption_fails(tmp_path: Path):
     path = tmp_path / "planted.ipynb"
     path.write_text(json.dumps({"cells": [cell], "metadata": {}, "nbformat": 4, "nbformat_minor": 5}))
     assert listing_problems(path) == ["cell 0: a source listing without its file and lines"]
+
+
+def test_decorated_function_names_its_own_file():
+    from tutorial_engine.model_runner import ModelRunner
+
+    assert show_source(ModelRunner.run_model).path == "tutorial_engine/model_runner.py"

@@ -42,6 +42,7 @@ class SourceListing:
     In the HTML book the code scrolls sideways instead of wrapping (``_static/book.css``)."""
 
     def __init__(self, obj) -> None:
+        obj = inspect.unwrap(obj)  # a decorated function: the file and lines of the function itself
         lines, start = inspect.getsourcelines(obj)
         path = Path(inspect.getsourcefile(obj)).resolve()
         try:
