@@ -165,3 +165,17 @@ def test_build_command_says_which_notebooks_it_kept(tmp_path, capsys):
 def test_missing_solutions_folder_raises(tmp_path):
     with pytest.raises(FileNotFoundError, match="--solutions"):
         exercises.main(["check", "--solutions", str(tmp_path / "nope")])
+
+
+def test_every_exercise_notebook_says_how_the_exercises_work():
+    """The same paragraph, in the first cell of every exercise notebook."""
+    import json
+    from pathlib import Path
+
+    paragraphs = set()
+    for path in sorted((Path(__file__).resolve().parents[1] / "exercises").glob("ch[0-9][0-9]_*.ipynb")):
+        first = "".join(json.loads(path.read_text())["cells"][0]["source"])
+        found = [p for p in first.split("\n\n") if p.startswith("How these exercises work:")]
+        assert len(found) == 1, f"{path.name}: no 'How these exercises work' paragraph"
+        paragraphs.add(found[0])
+    assert len(paragraphs) == 1, "the paragraph differs between exercise notebooks"

@@ -287,3 +287,20 @@ def test_grade_rejects_paths_that_are_not_notebooks(tmp_path, capsys):
     assert grade.main([str(tmp_path)]) == 2
     assert "no chNN_*.ipynb" in capsys.readouterr().err
     assert grade.main([str(tmp_path / "missing.ipynb")]) == 2
+
+
+def test_grade_reports_an_empty_written_answer_as_not_attempted(tmp_path, capfd):
+    path = _exercise(tmp_path / "ch00_try.ipynb", 'return sum(len(o["token_ids"]) for o in outputs) / elapsed_s',
+                     'return 0.0')
+    nb = nbformat.read(path, as_version=4)
+    for source in ("*Your answer here.*", "", "My answer: the CPU waits."):
+        cell = nbformat.v4.new_markdown_cell(source)
+        cell.metadata["tags"] = ["exercise"]
+        nb.cells.append(cell)
+    nbformat.write(nb, path)
+    assert grade.written_answers_left_empty(nb) == [6, 7]
+    assert grade.main([str(path)]) == 1
+    out = capfd.readouterr()
+    assert "written answer in cell 6 (not attempted)" in out.out and "cell 7 (not attempted)" in out.out
+    assert "cell 8" not in out.out
+    assert "without encryption" not in out.err + out.out  # the kernel's own log stays quiet

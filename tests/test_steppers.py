@@ -53,3 +53,16 @@ def test_speculation_frames_follow_the_verify_steps_and_roll_back():
     assert any(f.data["accepted"] < len(f.data["proposals"]) for f in stepper.frames)
     html = stepper.animation(dpi=30).data
     assert html.count("data:image/png;base64") == len(stepper.frames)
+
+
+def test_chunked_prefill_frames_spend_the_budget_decodes_first():
+    stepper = steppers.record_chunked_prefill([10, 30], [3, 2], max_num_batched_tokens=8)
+    frames = stepper.frames[1:]
+    assert all(sum(n for _, n, _ in f.data["items"]) <= 8 for f in frames)
+    kinds = [kind for f in frames for _, _, kind in f.data["items"]]
+    assert "partial chunk" in kinds and "last chunk" in kinds and "decode" in kinds
+    for f in frames:  # within a step, decodes come before prompt chunks
+        order = [kind == "decode" for _, _, kind in f.data["items"]]
+        assert order == sorted(order, reverse=True)
+    assert all(state == "finished" for state in stepper.frames[-1].data["state"].values())
+    assert stepper.animation(dpi=30).data.count("data:image/png;base64") == len(stepper.frames)

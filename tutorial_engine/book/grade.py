@@ -7,8 +7,11 @@ Each notebook runs top to bottom in a fresh kernel, in its own folder, with nbcl
 A cell that raises does not stop the run, so later check cells still report. Then
 the grader reads the kernel's ``tutorial_engine.book.grading.RESULTS``. A notebook's tasks
 are those listed in ``tutorial_engine.book.grading.chNN.TASKS`` for its ``chNN`` prefix;
-a task whose check never ran counts as "not run". Exit status: 0 when every task
-passed, 1 otherwise; 2 for a path that is not a notebook or folder of them.
+a task whose check never ran counts as "not run". A written answer (a markdown cell the
+exercise asks you to fill in) is not graded, but one left empty, or still holding the
+prompt, is reported as "not attempted". Exit status: 0 when every task passed and every
+written answer was attempted, 1 otherwise; 2 for a path that is not a notebook or folder
+of them.
 """
 
 from __future__ import annotations
@@ -23,8 +26,9 @@ from pathlib import Path
 import nbformat
 from nbclient import NotebookClient
 
+from .exercises import MARKDOWN_STUB
 from .grading import PASSED
-from .run_notebooks import ROOT, kernel_env
+from .run_notebooks import QUIET_KERNEL, ROOT, kernel_env
 
 SENTINEL = "tutorial-engine-grade:"
 COLLECT_SOURCE = (
@@ -33,6 +37,7 @@ COLLECT_SOURCE = (
     f"print({SENTINEL!r} + json.dumps({{name: [r.status, r.message] for name, r in RESULTS.items()}}))"
 )
 NOT_RUN = "not run"
+NOT_ATTEMPTED = "not attempted"
 
 
 @dataclass
@@ -44,6 +49,7 @@ class NotebookScore:
     statuses: dict[str, str]
     first_error: str | None = None
     reasons: dict[str, str] = field(default_factory=dict)
+    unanswered: list[int] = field(default_factory=list)  # written-answer cells left empty
 
     @property
     def num_passed(self) -> int:
@@ -66,8 +72,10 @@ def expected_tasks(path: Path) -> list[str]:
 def grade_notebook(path: Path, timeout: int = 600) -> NotebookScore:
     """Execute ``path`` (never written back) and collect its check verdicts."""
     notebook = nbformat.read(path, as_version=4)
+    unanswered = written_answers_left_empty(notebook)
     notebook.cells.append(nbformat.v4.new_code_cell(COLLECT_SOURCE))
     client = NotebookClient(notebook, timeout=timeout, kernel_name="python3", allow_errors=True,
+                            extra_arguments=QUIET_KERNEL,
                             resources={"metadata": {"path": str(path.parent)}})
     client.execute(env=kernel_env())
     reported: dict[str, list[str]] = {}
@@ -78,7 +86,15 @@ def grade_notebook(path: Path, timeout: int = 600) -> NotebookScore:
     statuses = {name: NOT_RUN for name in expected_tasks(path)}
     statuses.update({name: status for name, (status, _) in reported.items()})
     reasons = {name: message for name, (status, message) in reported.items() if status != PASSED}
-    return NotebookScore(path, statuses, _first_error(notebook), reasons)
+    return NotebookScore(path, statuses, _first_error(notebook), reasons, unanswered)
+
+
+def written_answers_left_empty(notebook: nbformat.NotebookNode) -> list[int]:
+    """Indices of the written-answer cells (markdown cells tagged ``exercise``) that are
+    empty or still hold the prompt."""
+    return [index for index, cell in enumerate(notebook.cells)
+            if cell.cell_type == "markdown" and "exercise" in cell.get("metadata", {}).get("tags", [])
+            and cell.source.strip() in ("", MARKDOWN_STUB)]
 
 
 def _first_error(notebook: nbformat.NotebookNode) -> str | None:
@@ -115,6 +131,7 @@ def format_table(scores: list[NotebookScore]) -> str:
     rows = [("notebook", "score", "not passed")]
     for score in scores:
         missed = [f"{name} ({status})" for name, status in score.statuses.items() if status != PASSED]
+        missed += [f"written answer in cell {index} ({NOT_ATTEMPTED})" for index in score.unanswered]
         if score.first_error:
             missed.append(f"[first error: {score.first_error}]")
         rows.append((str(score.path), f"{score.num_passed}/{score.num_tasks}", ", ".join(missed) or "-"))
@@ -124,6 +141,8 @@ def format_table(scores: list[NotebookScore]) -> str:
     table = "\n".join(f"{a:<{widths[0]}}  {b:>{widths[1]}}  {c}".rstrip() for a, b, c in rows)
     why = [f"{score.path}: {_reason(score, name)}".replace("\n", "\n    ")
            for score in scores for name, status in score.statuses.items() if status != PASSED]
+    why += [f"{score.path}: the written answer in cell {index} is empty; write it in place of the prompt."
+            for score in scores for index in score.unanswered]
     return table + ("\n\nWhy tasks did not pass (the first failing case of each):\n" + "\n".join(why) if why else "")
 
 
@@ -149,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"grading {path} ...", file=sys.stderr, flush=True)
         scores.append(grade_notebook(path, args.timeout))
     print(format_table(scores))
-    return 0 if all(s.num_passed == s.num_tasks for s in scores) else 1
+    return 0 if all(s.num_passed == s.num_tasks and not s.unanswered for s in scores) else 1
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ from __future__ import annotations
 import inspect
 import json
 import os
+import textwrap
 from pathlib import Path
 
 MODEL_ENV = "TUTORIAL_ENGINE_MODEL"
@@ -32,8 +33,47 @@ def load_result(name: str) -> dict:
     return json.loads(path.read_text())
 
 
-def show_source(obj) -> "object":
-    """Display the source of an engine function or class, syntax highlighted."""
-    from IPython.display import Code
+PACKAGE_ROOT = Path(__file__).resolve().parents[2]
 
-    return Code(inspect.getsource(obj), language="python")
+
+class SourceListing:
+    """Engine source as the book shows it: a caption naming the file and its line range
+    (so a reader can find it in the package), then the code, dedented and highlighted.
+    In the HTML book the code scrolls sideways instead of wrapping (``_static/book.css``)."""
+
+    def __init__(self, obj) -> None:
+        obj = inspect.unwrap(obj)  # a decorated function: the file and lines of the function itself
+        lines, start = inspect.getsourcelines(obj)
+        path = Path(inspect.getsourcefile(obj)).resolve()
+        try:
+            path = path.relative_to(PACKAGE_ROOT)
+        except ValueError:  # installed elsewhere: name it from the package down
+            parts = path.parts
+            path = Path(*parts[parts.index("tutorial_engine"):]) if "tutorial_engine" in parts else path
+        self.path = path.as_posix()
+        self.first, self.last = start, start + len(lines) - 1
+        self.code = textwrap.dedent("".join(lines))
+
+    @property
+    def caption(self) -> str:
+        return f"{self.path}, lines {self.first}–{self.last}"
+
+    def __repr__(self) -> str:
+        return f"# {self.caption}\n{self.code}"
+
+    def _repr_html_(self) -> str:
+        import html
+
+        from pygments import highlight
+        from pygments.formatters import HtmlFormatter
+        from pygments.lexers import PythonLexer
+
+        code = highlight(self.code, PythonLexer(), HtmlFormatter(cssclass="highlight"))
+        return (f'<div class="source-listing"><div class="source-listing-caption">'
+                f"{html.escape(self.caption)}</div>{code}</div>")
+
+
+def show_source(obj) -> SourceListing:
+    """Display the source of an engine function or class, syntax highlighted, under a
+    caption with its file and line range."""
+    return SourceListing(obj)

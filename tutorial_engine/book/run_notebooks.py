@@ -29,6 +29,11 @@ ROOT = Path(__file__).resolve().parents[2]
 BOOK_DIR = ROOT / "book"
 
 
+# The kernel's own log goes to this process's stderr; at its default level it warns on every start
+# that it listens on localhost TCP without encryption, which says nothing to a learner.
+QUIET_KERNEL = ["--IPKernelApp.log_level=ERROR"]
+
+
 def kernel_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     """The environment for a notebook's kernel: this process's, plus ``extra``, with this
     checkout first on PYTHONPATH. The kernel runs in the notebook's folder, so it would
@@ -50,7 +55,7 @@ def run_notebook(path: Path, model: Path | None = None, timeout_s: int = 1800, s
 
     nb = nbformat.read(path, as_version=4)
     current = {"cell": None}  # the cell being executed, for errors that leave no output (a dead kernel)
-    client = NotebookClient(nb, timeout=timeout_s, kernel_name="python3",
+    client = NotebookClient(nb, timeout=timeout_s, kernel_name="python3", extra_arguments=QUIET_KERNEL,
                             resources={"metadata": {"path": str(path.parent)}},
                             on_cell_execute=lambda cell, cell_index: current.update(cell=cell_index))
     env = kernel_env({MODEL_ENV: str(model.resolve())} if model is not None else None)

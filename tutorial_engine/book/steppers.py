@@ -157,6 +157,117 @@ def _draw_scheduler(ax, frame: Frame) -> None:
                     color="white" if phase else "black")
 
 
+# -- chapter 5: chunked prefill under a token budget ---------------------------------------
+
+
+def record_chunked_prefill(prompt_lens: list[int], output_lens: list[int], max_num_batched_tokens: int,
+                           max_num_seqs: int = 8, arrive_at: list[int] | None = None,
+                           block_size: int = 4) -> Stepper:
+    """Drive the engine's :class:`Scheduler` with chunked prefill on and a stand-in model
+    (every sampled token is 0). Request ``i`` is added before step ``arrive_at[i]``
+    (default: all at once). Each frame records the step's token budget as the scheduler
+    spent it: each request's tokens in the step, whether they were a decode, a prompt
+    chunk that samples (the last one) or a partial chunk that samples nothing, and every
+    request's prompt and output progress."""
+    from .. import SamplingParams
+    from ..block_manager import KVCacheManager
+    from ..scheduler import Scheduler, SchedulerConfig
+    from ..sequence import Sequence
+
+    arrive_at = arrive_at or [0] * len(prompt_lens)
+    longest = max(p + o for p, o in zip(prompt_lens, output_lens))
+    config = SchedulerConfig(max_num_seqs, max_num_batched_tokens, max_model_len=longest,
+                             enable_chunked_prefill=True)
+    cache = KVCacheManager(num_blocks=len(prompt_lens) * math.ceil(longest / block_size), block_size=block_size)
+    scheduler = Scheduler(config, cache, eos_token_ids=set())
+    seqs = [Sequence(i, [0] * p, SamplingParams(max_tokens=o, ignore_eos=True))
+            for i, (p, o) in enumerate(zip(prompt_lens, output_lens))]
+    arrived: set[int] = set()
+
+    def snapshot(items: list[tuple[int, int, str]]) -> dict:
+        state = {}
+        for s in seqs:
+            if s.seq_id not in arrived:
+                state[s.seq_id] = "not arrived"
+            elif s.finish_reason is not None:
+                state[s.seq_id] = "finished"
+            elif s in scheduler.waiting:
+                state[s.seq_id] = "waiting"
+            else:
+                state[s.seq_id] = "running"
+        return {"budget": max_num_batched_tokens, "items": items, "state": state,
+                "prompt": {s.seq_id: (min(s.num_computed_tokens, s.num_prompt_tokens), s.num_prompt_tokens)
+                           for s in seqs},
+                "output": {s.seq_id: (s.num_tokens - s.num_prompt_tokens, s.sampling_params.max_tokens)
+                           for s in seqs}}
+
+    frames = [Frame(f"a budget of {max_num_batched_tokens} tokens per step; nothing has run yet", snapshot([]))]
+    step = 0
+    while scheduler.has_unfinished() or len(arrived) < len(seqs):
+        for seq in seqs:
+            if arrive_at[seq.seq_id] <= step and seq.seq_id not in arrived:
+                scheduler.add(seq)
+                arrived.add(seq.seq_id)
+        step += 1
+        if not scheduler.has_unfinished():
+            frames.append(Frame(f"step {step}: nothing to run", snapshot([])))
+            continue
+        out = scheduler.schedule()
+        items = []
+        for item in out.scheduled:
+            if item.start >= item.seq.num_prompt_tokens:
+                kind = "decode"
+            else:
+                kind = "last chunk" if item.will_sample else "partial chunk"
+            items.append((item.seq.seq_id, item.num_new_tokens, kind))
+        scheduler.update_from_output(out, [0] * sum(item.will_sample for item in out.scheduled))
+        used = sum(n for _, n, _ in items)
+        decodes = sum(kind == "decode" for _, _, kind in items)
+        parts = [f"{decodes} decode{'s' if decodes != 1 else ''}"] if decodes else []
+        parts += [f"{'a partial chunk' if kind == 'partial chunk' else 'the last chunk'} of req {i}"
+                  for i, _, kind in items if kind != "decode"]
+        frames.append(Frame(f"{used}/{max_num_batched_tokens} tokens: " + ", ".join(parts), snapshot(items)))
+    return Stepper(frames, _draw_chunked, figsize=(7.2, 3.6), interval_ms=1200)
+
+
+_KIND_COLOURS = {"decode": "tab:blue", "last chunk": "tab:orange", "partial chunk": "#fdd0a2"}
+
+
+def _draw_chunked(ax, frame: Frame) -> None:
+    d = frame.data
+    budget, n = d["budget"], len(d["state"])
+    ax.set_xlim(-0.25 * budget, 1.02 * budget)
+    ax.set_ylim(n + 0.1, -1.9)
+    # the step's budget, spent left to right in the scheduler's order
+    ax.text(-0.02 * budget, -1.15, "this step", ha="right", va="center", fontsize=FONT)
+    ax.add_patch(Rectangle((0, -1.5), budget, 0.7, fc="white", ec="0.3"))
+    left = 0
+    for seq_id, tokens, kind in d["items"]:
+        ax.add_patch(Rectangle((left, -1.5), tokens, 0.7, fc=_KIND_COLOURS[kind], ec="0.3",
+                               hatch="//" if kind == "partial chunk" else None))
+        if tokens >= 0.06 * budget:
+            ax.text(left + tokens / 2, -1.15, f"{seq_id}: {tokens}" if tokens >= 0.15 * budget else f"{seq_id}",
+                    ha="center", va="center", fontsize=FONT)
+        left += tokens
+    for k, (kind, colour) in enumerate(_KIND_COLOURS.items()):
+        x = 0.34 * budget * k
+        ax.add_patch(Rectangle((x, -0.55), 0.04 * budget, 0.35, fc=colour, ec="0.3",
+                               hatch="//" if kind == "partial chunk" else None))
+        ax.text(x + 0.05 * budget, -0.38, kind, va="center", fontsize=FONT - 1)
+    # every request: its prompt (computed part filled) and its output tokens
+    longest = max(total for _, total in d["prompt"].values())
+    scale = 0.45 * budget / longest
+    for row, (seq_id, state) in enumerate(d["state"].items()):
+        y = row + 0.4
+        done, total = d["prompt"][seq_id]
+        got, want = d["output"][seq_id]
+        ax.text(-0.02 * budget, y, f"req {seq_id}", ha="right", va="center", fontsize=FONT)
+        ax.add_patch(Rectangle((0, y - 0.3), total * scale, 0.6, fc="white", ec="0.5"))
+        ax.add_patch(Rectangle((0, y - 0.3), done * scale, 0.6, fc="tab:orange", alpha=0.5, ec="none"))
+        ax.text(total * scale + 0.02 * budget, y, f"prompt {done}/{total}, out {got}/{want}, {state}",
+                va="center", fontsize=FONT - 1, color="0.2" if state != "not arrived" else "0.6")
+
+
 # -- chapter 3: pages and block tables -------------------------------------------------
 
 
@@ -452,7 +563,7 @@ def record_overlap(llm, prompts: list, params, cpu_ms: float = 2.0, gpu_ms: floa
                 events.append(("complete", len(completed), completed[-1], len(finished)))
             frames.append(Frame(_overlap_caption(events, before), {"events": list(events), "cpu_ms": cpu_ms,
                                                                   "gpu_ms": gpu_ms}))
-    return Stepper(frames, draw_overlap, figsize=(10.0, 3.2))
+    return Stepper(frames, draw_overlap, figsize=(7.2, 3.0))
 
 
 def _overlap_caption(events: list[tuple], before: tuple[int, int]) -> str:

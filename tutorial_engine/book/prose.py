@@ -1,0 +1,95 @@
+"""Find measured figures typed by hand in the book's prose.
+
+Every measured number in a chapter's text is pasted from the cell that computes it
+(myst-nb's ``glue`` and the ``{glue:text}`` role), so text and data cannot disagree.
+This module finds the ones that are not: a number followed by a unit (ms, s, µs,
+tok/s, GiB, MB, %, x, ...) in a markdown cell, outside a glue role, a fenced code
+block or an inline code span. Figures quoted from papers and projects are typed by
+hand on purpose; the caller passes them as an allow-list of phrases, each with its
+source.
+
+``python -m tutorial_engine.book.prose`` prints every hand-typed figure per chapter of
+``_toc.yml``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+_NUM = r"[~≈<>≤≥+−-]?\d[\d,]*(?:\.\d+)?"
+# Longest units first, so "tok/s" is not read as "tok" and "ms" not as "m" + "s".
+_UNITS = (
+    r"tokens per second|tokens/s|tok/s|TFLOP/s|TFLOPs?|TB/s|GB/s|GiB|MiB|KiB|GB|MB|kB|KB|TB|"
+    r"seconds?|minutes?|min|ms|µs|us|ns|s|%|×|x"
+)
+FIGURE = re.compile(
+    rf"(?<![\w.$]){_NUM}(?:\s?[–-]\s?{_NUM})?\s?(?:{_UNITS})(?![\w/])",
+)
+_FENCE = re.compile(r"^(```|~~~).*?^\1[^\n]*$", re.S | re.M)
+_GLUE = re.compile(r"\{glue(?::\w+)?\}`[^`]*`")
+_CODE = re.compile(r"`[^`\n]*`")
+_LINK_TARGET = re.compile(r"\]\([^)]*\)")
+
+
+def strip_markdown(text: str) -> str:
+    """The prose of a markdown cell with glue roles, code and link targets removed."""
+    for pattern in (_FENCE, _GLUE, _CODE, _LINK_TARGET):
+        text = pattern.sub(" ", text)
+    return text
+
+
+def toc_chapters(root: Path = ROOT) -> list[Path]:
+    """The notebooks under ``book/`` that ``_toc.yml`` lists, in its order."""
+    import yaml
+
+    toc = yaml.safe_load((root / "_toc.yml").read_text())
+    files = []
+    for part in toc.get("parts", []):
+        for entry in part.get("chapters", []):
+            file = entry.get("file", "")
+            if file.startswith("book/") and (root / f"{file}.ipynb").is_file():
+                files.append(root / f"{file}.ipynb")
+    return files
+
+
+def markdown_cells(notebook: Path) -> list[str]:
+    cells = json.loads(notebook.read_text())["cells"]
+    return ["".join(c["source"]) if isinstance(c["source"], list) else c["source"]
+            for c in cells if c["cell_type"] == "markdown"]
+
+
+def hand_typed_figures(text: str, allowed: Iterable[str] = ()) -> list[str]:
+    """The figures in markdown ``text`` outside glue roles, code and ``allowed`` phrases."""
+    text = strip_markdown(text)
+    for phrase in sorted(allowed, key=len, reverse=True):
+        text = text.replace(phrase, " ")
+    return [m.group(0).strip() for m in FIGURE.finditer(text)]
+
+
+def check_notebook(notebook: Path, allowed: Iterable[str] = ()) -> list[tuple[int, str]]:
+    """(markdown cell number, figure) for each hand-typed figure in ``notebook``."""
+    allowed = list(allowed)
+    return [(i, fig) for i, text in enumerate(markdown_cells(notebook))
+            for fig in hand_typed_figures(text, allowed)]
+
+
+def report(chapters: Iterable[Path], allowed: Mapping[str, str] | Iterable[str] = ()) -> int:
+    total = 0
+    for path in chapters:
+        found = check_notebook(path, allowed)
+        total += len(found)
+        print(f"{path.name}: {len(found)}")
+        for cell, fig in found:
+            print(f"    markdown cell {cell}: {fig}")
+    print(f"total: {total}")
+    return total
+
+
+if __name__ == "__main__":
+    report([Path(p) for p in sys.argv[1:]] or toc_chapters())
