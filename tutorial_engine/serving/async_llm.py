@@ -56,21 +56,21 @@ class EngineCoreProcess:
     """
 
     def __init__(self, config: EngineConfig, startup_timeout: float = 900.0) -> None:
-        self._folder = tempfile.mkdtemp(prefix="tutorial-engine-")  # private (mode 0700): only we can connect
+        self.folder = tempfile.mkdtemp(prefix="tutorial-engine-")  # private (mode 0700): only we can connect
         self._context = zmq.Context()
         self.input = self._context.socket(zmq.PUSH)
         self.input.setsockopt(zmq.SNDHWM, 0)  # queue requests rather than drop or block while the core is busy
-        self.input.bind(f"ipc://{self._folder}/input")
+        self.input.bind(f"ipc://{self.folder}/input")
         self.output = self._context.socket(zmq.PULL)
         self.output.setsockopt(zmq.RCVHWM, 0)
-        self.output.bind(f"ipc://{self._folder}/output")
+        self.output.bind(f"ipc://{self.folder}/output")
         self.process = multiprocessing.get_context("spawn").Process(
             target=run_engine_core, name="EngineCore",
-            args=(config, f"ipc://{self._folder}/input", f"ipc://{self._folder}/output",
+            args=(config, f"ipc://{self.folder}/input", f"ipc://{self.folder}/output",
                   logging.getLogger().getEffectiveLevel()))
         self.process.start()
         self._finalizer = weakref.finalize(self, _stop_core, self.process, self.input, self.output, self._context,
-                                           self._folder)
+                                           self.folder)
         try:
             self.ready = self._wait_ready(startup_timeout)
         except BaseException:
