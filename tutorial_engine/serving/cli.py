@@ -56,6 +56,8 @@ def engine_options(args: argparse.Namespace) -> dict:
         options["enable_chunked_prefill"] = False
     if args.no_overlap:
         options["overlap_scheduling"] = False
+    elif args.device == "sim":  # the simulated device stands for a GPU, where overlap scheduling is the default
+        options["overlap_scheduling"] = True
     return options
 
 
