@@ -264,7 +264,8 @@ def run_serve_bench(args: argparse.Namespace) -> int:
     if args.model is None and args.url is None:
         args.model, args.load_format = str(architecture_folder(args.architecture)), "dummy"
     result = {
-        "name": args.name, "model": args.url or args.model, "workload": asdict(workload),
+        "name": args.name, "command": " ".join(["python -m tutorial_engine", *sys.argv[1:]]),
+        "model": args.url or args.model, "workload": asdict(workload),
         "server": {"url": args.url, "argv": None if args.url else engine_argv(args)},
         "environment": environment(torch.device("cuda" if torch.cuda.is_available() else "cpu")),
         "runs": [],
