@@ -68,6 +68,17 @@ def test_messages_are_typed_msgpack():
         msgspec.msgpack.decode(msgspec.msgpack.encode(outputs), type=CoreInput)
 
 
+def test_a_stop_token_outside_the_vocabulary_is_a_400(stories260k):
+    """It could never be sampled, and MessagePack cannot carry ints above 2**64 - 1 (a
+    500 before this check)."""
+    engine = AsyncLLM(EngineConfig(model=str(stories260k)))
+    with ServerThread(build_app(engine, "m")) as url:
+        for token in (engine.vocab_size, 2**70):
+            response = httpx.post(f"{url}/v1/completions", json={"prompt": "a", "stop_token_ids": [token]})
+            assert response.status_code == 400 and response.json()["error"]["param"] == "stop_token_ids"
+        assert httpx.post(f"{url}/v1/completions", json={"prompt": "a", "max_tokens": 2}).status_code == 200
+
+
 def test_a_start_up_error_is_the_engines_and_leaves_nothing(stories260k):
     before = descendants()
     with pytest.raises(ValueError, match="max_model_len"):

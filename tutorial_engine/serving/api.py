@@ -198,7 +198,7 @@ class OpenAIServer:
         try:
             stream = self.engine.add_request(token_ids, params)
         except (TypeError, ValueError) as err:  # e.g. longer than the whole KV cache
-            raise from_validation(err, ("max_tokens",), prompt_param) from err
+            raise from_validation(err, ("max_tokens", "stop_token_ids"), prompt_param) from err
         reply = Reply(self.model_name, chat, body.include_usage)
         if body.stream:
             return EventStreamResponse(self._events(stream, reply), media_type="text/event-stream")

@@ -25,7 +25,7 @@ import logging
 import queue
 import threading
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from ..engine import LLMEngine
 from ..inputs import Prompt
@@ -34,9 +34,6 @@ from ..sampling_params import SamplingParams
 from ..sequence import Sequence
 from .engine_core import engine_stats
 from .messages import EngineStats
-
-if TYPE_CHECKING:
-    from .async_llm import AsyncLLM
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +46,13 @@ class EngineDeadError(RuntimeError):
     """The engine loop (thread or core process) has stopped, so no request can be served (HTTP 503)."""
 
 
+class Aborter(Protocol):
+    """What a stream's request runs on: this module's :class:`AsyncEngine`, or
+    ``async_llm.AsyncLLM``."""
+
+    def abort(self, request_id: int) -> None: ...
+
+
 class RequestStream:
     """The outputs of one request, as an async iterator of :class:`RequestOutput`
     deltas, ending after the output whose ``finish_reason`` is set.
@@ -58,7 +62,7 @@ class RequestStream:
     :meth:`close`, which does not depend on the iteration being finalized.
     """
 
-    def __init__(self, engine: AsyncEngine | AsyncLLM, request_id: int, num_prompt_tokens: int) -> None:
+    def __init__(self, engine: Aborter, request_id: int, num_prompt_tokens: int) -> None:
         self.request_id = request_id
         self.num_prompt_tokens = num_prompt_tokens
         self.queue: asyncio.Queue[RequestOutput | BaseException] = asyncio.Queue()

@@ -227,6 +227,10 @@ class AsyncLLM:
         token_ids = prompt_token_ids(prompt, self.tokenizer, self.vocab_size)
         ready = self.core.ready
         check_request(token_ids, params, self.max_model_len, ready.num_kvcache_blocks, ready.kvcache_block_size)
+        outside = [t for t in params.stop_token_ids if t >= self.vocab_size]
+        if outside:  # never sampled; and MessagePack holds no int above 2**64 - 1
+            raise ValueError(f"stop_token_ids={list(params.stop_token_ids)} holds {outside[0]}, outside the "
+                             f"vocabulary [0, {self.vocab_size}).")
         limit = self.max_queued_requests
         if limit is not None and self._num_sent_since_stats + self.stats.num_waiting >= limit:
             raise QueueFullError(f"{limit} requests are already waiting (--max-queued-requests); retry later.")
