@@ -13,6 +13,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -164,12 +165,19 @@ def test_the_server_stops_with_its_core(stories260k, how):
         server.kill()
 
 
+def socket_folders() -> set[Path]:
+    return set(Path(tempfile.gettempdir()).glob("tutorial-engine-*"))
+
+
 def test_the_core_does_not_outlive_a_killed_server(stories260k):
+    before = socket_folders()
     server, _, children = start_server(stories260k)
     try:
+        assert len(socket_folders() - before) == 1
         server.kill()  # SIGKILL: no clean-up runs in the server
         server.wait()
         assert gone(children)
+        assert socket_folders() <= before  # the core removed the dead server's socket files
     finally:
         for pid in children:
             try:

@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import os
+import shutil
 import signal
 import sys
 import time
@@ -95,10 +97,10 @@ class EngineCore:
             outputs.append(EngineCoreOutput(request_id, new, seq.finish_reason, seq.num_cached_tokens, failed))
         return EngineCoreOutputs(outputs, engine_stats(self.engine))
 
-    def run(self, inbox: zmq.Socket, outbox: zmq.Socket, parent_sentinel: int) -> None:
+    def run(self, inbox: zmq.Socket, outbox: zmq.Socket, parent_sentinel: int) -> bool:
         """The busy loop: take every waiting message, then step while there is work;
-        block on the socket (and the parent pipe) only when idle. Returns on
-        :class:`Shutdown`, or when the parent process has died."""
+        block on the socket (and the parent pipe) only when idle. Returns False on
+        :class:`Shutdown`, True when the parent process has died."""
         decoder = msgpack.Decoder(CoreInput)
         encoder = msgpack.Encoder()
         poller = zmq.Poller()
@@ -109,7 +111,7 @@ class EngineCore:
             events = dict(poller.poll(0 if busy else None))
             if parent_sentinel in events:
                 logger.warning("the API server process is gone; the engine core exits")
-                return
+                return True
             if inbox in events:
                 while True:
                     try:
@@ -121,7 +123,7 @@ class EngineCore:
                     elif isinstance(message, AbortRequests):
                         self.abort(message.request_ids)
                     else:
-                        return
+                        return False
             if self.engine.has_unfinished():
                 outbox.send(encoder.encode(self.step()), copy=False)
             elif inbox in events:  # aborts while idle: the server's stats must still reach zero
@@ -156,7 +158,9 @@ def run_engine_core(config: EngineConfig, input_address: str, output_address: st
     core = EngineCore(engine)
     try:
         outbox.send(encoder.encode(core.ready()))
-        core.run(inbox, outbox, multiprocessing.parent_process().sentinel)
+        if core.run(inbox, outbox, multiprocessing.parent_process().sentinel):
+            # the server died without cleaning up: remove its socket files' private folder
+            shutil.rmtree(os.path.dirname(input_address.removeprefix("ipc://")), ignore_errors=True)
     finally:
         engine.shutdown()
         inbox.close(linger=0)
