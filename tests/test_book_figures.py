@@ -26,7 +26,7 @@ MAX_WIDTH_FULL = int(900 / MIN_SCALE)  # a full-width cell is about 900 px wide 
 
 # TEMPORARY: figures of a chapter another session is rewriting (chapter 9, the split server),
 # by cell index; remove once it sizes them for the column.
-TEMPORARY_OVERSIZED = {"09_serving.ipynb": {14, 34}}
+TEMPORARY_OVERSIZED: dict[str, set[int]] = {}
 
 _FRAME = re.compile(r"data:image/png;base64,([A-Za-z0-9+/=\\n]+)")
 

@@ -43,7 +43,7 @@ def test_serve_and_generate_pick_the_same_default_model(monkeypatch):
         raise Stop
 
     monkeypatch.setattr(engine, "LLMEngine", fake_engine)
-    args = main.build_parser().parse_args(["serve"])
+    args = main.build_parser().parse_args(["serve", "--engine-core", "inproc"])  # the engine loads in this process
     with pytest.raises(Stop):
         cli.make_app(args)
     assert picked == [main.default_model()]

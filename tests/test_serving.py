@@ -1,4 +1,5 @@
-"""The HTTP server against the official ``openai`` client, on loopback.
+"""The HTTP server against the official ``openai`` client, on loopback, with the engine
+core in its own process and with the loop in a thread (``serving_engines.py``).
 
 Servers run in a thread of the test process (``ServerThread``), so tests can look at
 the engine afterwards: no request left, every KV-cache page back.
@@ -16,35 +17,25 @@ import httpx
 import openai
 import pytest
 
+from serving_engines import ENGINE_CORES, make_engine, wait_idle
 from tutorial_engine import LLM, SamplingParams, output_processor
-from tutorial_engine.config import EngineConfig
 from tutorial_engine.detokenizer import IncrementalDetokenizer
-from tutorial_engine.engine import LLMEngine
-from tutorial_engine.serving import AsyncEngine, ServerThread, build_app
+from tutorial_engine.serving import ServerThread, build_app
 
 CHAT_TEMPLATE = ("{% for m in messages %}<s>{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
                  "{% if add_generation_prompt %}assistant:{% endif %}")
 PROMPTS = ["Once upon a time", "The little dog", "Lily and Ben went to the park", "One day, a cat"]
 
 
-def serve(model, api_key=None, max_queued_requests=None, max_body_bytes=2**20, **config):
-    engine = LLMEngine(EngineConfig(model=str(model), **config))
-    app = build_app(AsyncEngine(engine, max_queued_requests), "m", api_key, max_body_bytes)
-    return ServerThread(app), engine
+def serve(model, engine_core="process", api_key=None, max_queued_requests=None, max_body_bytes=2**20, **config):
+    """The server (to enter) and its async engine."""
+    async_engine, _ = make_engine(model, engine_core, max_queued_requests, **config)
+    return ServerThread(build_app(async_engine, "m", api_key, max_body_bytes)), async_engine
 
 
-def wait_idle(engine, timeout=10.0):
-    """Wait until the engine thread has retired every request; then all pages are free."""
-    deadline = time.monotonic() + timeout
-    while engine.requests or engine.has_unfinished():
-        assert time.monotonic() < deadline, f"requests left: {list(engine.requests)}"
-        time.sleep(0.01)
-    assert engine.kv_cache.num_free_blocks == engine.num_kvcache_blocks
-
-
-@pytest.fixture(scope="module")
-def stories_server(stories260k):
-    server, engine = serve(stories260k, max_body_bytes=20_000)
+@pytest.fixture(scope="module", params=ENGINE_CORES)
+def stories_server(request, stories260k):
+    server, engine = serve(stories260k, request.param, max_body_bytes=20_000)
     with server as url:
         yield url, engine
 
@@ -140,7 +131,7 @@ def test_disconnects_free_pages(stories_server):
     with httpx.stream("POST", f"{url}/v1/completions", json={**long, "stream": True}) as response:
         lines = response.iter_lines()
         assert next(lines).startswith("data: ")
-        [seq] = engine.requests.values()  # the one request, mid-generation
+        [seq] = engine.requests.values()  # the one request, mid-generation (a mirror, with the core in a process)
     wait_idle(engine)  # closing the connection aborted it
     assert seq.finish_reason == "abort" and seq.num_output_tokens < 400
     with pytest.raises(httpx.ReadTimeout):  # the non-streaming route notices a disconnect too
@@ -202,8 +193,9 @@ def test_other_refusals(stories_server, client):
     assert client.completions.create(model="m", prompt="Once", max_tokens=2).choices[0].text
 
 
-def test_chat_through_the_template(chat_model):
-    server, engine = serve(chat_model)
+@pytest.mark.parametrize("engine_core", ENGINE_CORES)
+def test_chat_through_the_template(chat_model, engine_core):
+    server, engine = serve(chat_model, engine_core)
     messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "The cache"}]
     with LLM(str(chat_model)) as llm:
         prompt = llm.tokenizer(llm.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True),
@@ -235,8 +227,9 @@ def test_api_key_is_enforced(stories260k):
         assert httpx.get(f"{url}/health").status_code == 200  # probes need no key
 
 
-def test_queue_limit_answers_503(stories260k):
-    server, engine = serve(stories260k, max_queued_requests=2, max_num_seqs=1)
+@pytest.mark.parametrize("engine_core", ENGINE_CORES)
+def test_queue_limit_answers_503(stories260k, engine_core):
+    server, engine = serve(stories260k, engine_core, max_queued_requests=2, max_num_seqs=1)
     body = {"model": "m", "prompt": "Once", "max_tokens": 60, "ignore_eos": True}
 
     async def main(url):
@@ -252,12 +245,13 @@ def test_queue_limit_answers_503(stories260k):
         wait_idle(engine)
 
 
+@pytest.mark.parametrize("engine_core", ENGINE_CORES)
 @pytest.mark.parametrize("overlap", [False, True])
-def test_one_failing_output_fails_only_its_stream(stories260k, reference, monkeypatch, overlap):
+def test_one_failing_output_fails_only_its_stream(stories260k, reference, monkeypatch, overlap, engine_core):
     """The detokenizer raising for one request mid-stream (after engine steps that
     succeeded) ends that request with the error and frees its pages; the requests
     processed in the same steps, before and after it, still get all their text."""
-    engine = LLMEngine(EngineConfig(model=str(stories260k), overlap_scheduling=overlap))
+    async_engine, engine = make_engine(stories260k, engine_core, overlap_scheduling=overlap)
     params = SamplingParams(temperature=0, max_tokens=16, ignore_eos=True)
     bad_ids = engine.tokenizer(PROMPTS[1]).input_ids
 
@@ -276,8 +270,6 @@ def test_one_failing_output_fails_only_its_stream(stories260k, reference, monkey
 
     monkeypatch.setattr(output_processor, "IncrementalDetokenizer", FailingDetokenizer)
     expected = reference.generate(PROMPTS[:3], params, use_tqdm=False)
-    async_engine = AsyncEngine(engine)
-    async_engine.start()
 
     async def collect(stream):
         try:
@@ -286,26 +278,28 @@ def test_one_failing_output_fails_only_its_stream(stories260k, reference, monkey
             return err
 
     async def main():
-        streams = [async_engine.add_request(prompt, params) for prompt in PROMPTS[:3]]
-        return await asyncio.wait_for(asyncio.gather(*(collect(stream) for stream in streams)), timeout=30)
+        async_engine.start()
+        try:
+            streams = [async_engine.add_request(prompt, params) for prompt in PROMPTS[:3]]
+            texts = await asyncio.wait_for(asyncio.gather(*(collect(stream) for stream in streams)), timeout=30)
+            await asyncio.to_thread(wait_idle, async_engine)
+            assert async_engine.is_running
+            return texts
+        finally:
+            async_engine.shutdown()
 
-    try:
-        texts = asyncio.run(main())
-        assert [texts[0], texts[2]] == [expected[0]["text"], expected[2]["text"]]
-        assert str(texts[1]) == "detokenizer failed"
-        wait_idle(engine)
-        assert async_engine.is_running
-    finally:
-        async_engine.shutdown()
+    texts = asyncio.run(main())
+    assert [texts[0], texts[2]] == [expected[0]["text"], expected[2]["text"]]
+    assert str(texts[1]) == "detokenizer failed"
 
 
-def test_disconnect_mid_send_aborts_without_the_garbage_collector(stories260k):
+@pytest.mark.parametrize("engine_core", ENGINE_CORES)
+def test_disconnect_mid_send_aborts_without_the_garbage_collector(stories260k, engine_core):
     """A client that stops reading, then goes away: Starlette notices the disconnect
     while the response waits in ``send`` and leaves the event generator suspended. The
     request must still be aborted at once, not when (or if) the garbage collector
     finalizes the generator, so the collector is paused here."""
-    engine = LLMEngine(EngineConfig(model=str(stories260k)))
-    async_engine = AsyncEngine(engine)
+    async_engine, _ = make_engine(stories260k, engine_core)
     app = build_app(async_engine, "m")
     body = json.dumps({"prompt": PROMPTS[0], "max_tokens": 400, "temperature": 0, "ignore_eos": True,
                        "stream": True}).encode()
@@ -315,6 +309,7 @@ def test_disconnect_mid_send_aborts_without_the_garbage_collector(stories260k):
              "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 2)}
 
     async def main():
+        async_engine.start()
         first_chunk, received = asyncio.Event(), []
 
         async def receive():
@@ -326,22 +321,23 @@ def test_disconnect_mid_send_aborts_without_the_garbage_collector(stories260k):
 
         async def send(message):
             if message["type"] == "http.response.body" and message["body"]:
+                seqs.extend(async_engine.requests.values())  # the one request, mid-generation
                 first_chunk.set()
                 await asyncio.sleep(3600)  # the client stopped reading: the socket buffer is full
 
+        seqs = []
         await asyncio.wait_for(app(scope, receive, send), timeout=30)
-        [seq] = engine.requests.values()  # the response has ended; the request had not
+        [seq] = seqs
         deadline = time.monotonic() + 5  # in the loop: its shutdown would close the generator
-        while engine.requests and time.monotonic() < deadline:
+        while async_engine.requests and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
+        await asyncio.to_thread(wait_idle, async_engine)
+        async_engine.shutdown()
         return seq
 
-    async_engine.start()
     gc.disable()
     try:
         seq = asyncio.run(main())
         assert seq.finish_reason == "abort" and seq.num_output_tokens < 400
-        wait_idle(engine)
     finally:
         gc.enable()
-        async_engine.shutdown()

@@ -2,7 +2,8 @@
 every route that generates or describes the API, each request's cost bounded before the
 engine, a schema that says what the server does, clear errors (issue 21).
 
-In-process (Starlette's TestClient runs the app's lifespan, so the engine thread runs)."""
+In-process (Starlette's TestClient runs the app's lifespan, so the engine loop runs), with
+the engine core in its own process and with the loop in a thread."""
 
 from __future__ import annotations
 
@@ -13,10 +14,11 @@ import random
 import pytest
 from fastapi.testclient import TestClient
 
+from serving_engines import ENGINE_CORES, make_engine
 from tutorial_engine import LLM, SamplingParams, output_processor
 from tutorial_engine.config import EngineConfig
 from tutorial_engine.engine import LLMEngine
-from tutorial_engine.serving import AsyncEngine, build_app
+from tutorial_engine.serving import build_app
 
 KEY = "sesame"
 AUTH = {"Authorization": f"Bearer {KEY}"}
@@ -24,21 +26,21 @@ CHAT_TEMPLATE = ("{% for m in messages %}<s>{{ m['role'] }}: {{ m['content'] }}\
                  "{% if add_generation_prompt %}assistant:{% endif %}")
 
 
-def make_client(model, api_key=None, **limits):
-    engine = LLMEngine(EngineConfig(model=str(model)))
-    return TestClient(build_app(AsyncEngine(engine), "m", api_key, **limits)), engine
+def make_client(model, engine_core, api_key=None, **limits):
+    async_engine, engine = make_engine(model, engine_core)
+    return TestClient(build_app(async_engine, "m", api_key, **limits)), engine
 
 
-@pytest.fixture(scope="module")
-def keyed(stories260k):
-    client, engine = make_client(stories260k, api_key=KEY)
+@pytest.fixture(scope="module", params=ENGINE_CORES)
+def keyed(request, stories260k):
+    client, engine = make_client(stories260k, request.param, api_key=KEY)
     with client:
         yield client, engine
 
 
-@pytest.fixture(scope="module")
-def open_server(stories260k):
-    client, engine = make_client(stories260k)
+@pytest.fixture(scope="module", params=ENGINE_CORES)
+def open_server(request, stories260k):
+    client, engine = make_client(stories260k, request.param)
     with client:
         yield client, engine
 

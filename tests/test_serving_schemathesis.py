@@ -21,8 +21,7 @@ from schemathesis.generation.modes import GenerationMode  # noqa: E402
 from schemathesis.specs.openapi.checks import positive_data_acceptance  # noqa: E402
 
 from tutorial_engine.config import EngineConfig  # noqa: E402
-from tutorial_engine.engine import LLMEngine  # noqa: E402
-from tutorial_engine.serving import AsyncEngine, ServerThread, build_app  # noqa: E402
+from tutorial_engine.serving import AsyncLLM, ServerThread, build_app  # noqa: E402
 
 KEY = "sesame"
 AUTH = {"Authorization": f"Bearer {KEY}"}
@@ -38,8 +37,8 @@ def server_url(tiny_checkpoints, tmp_path_factory):
     shutil.copytree(tiny_checkpoints["qwen3"], folder)
     config = json.loads((folder / "tokenizer_config.json").read_text())
     (folder / "tokenizer_config.json").write_text(json.dumps({**config, "chat_template": CHAT_TEMPLATE}))
-    engine = LLMEngine(EngineConfig(model=str(folder), max_model_len=64))
-    with ServerThread(build_app(AsyncEngine(engine), "m", KEY)) as url:
+    engine = AsyncLLM(EngineConfig(model=str(folder), max_model_len=64))  # the engine core in its own process
+    with ServerThread(build_app(engine, "m", KEY)) as url:
         yield url
 
 

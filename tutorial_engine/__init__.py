@@ -9,7 +9,7 @@ teaches the module).
 module                   job                                                              chapter
 =======================  ===============================================================  =======
 ``llm``                  ``LLM``: ``generate`` / ``stream`` over an in-process engine     0
-``serving/``             the OpenAI-compatible HTTP server and its async engine loop      9
+``serving/``             the OpenAI-compatible HTTP server and its engine core process    9
 ``sampling_params``      ``SamplingParams``, checked when made                            0
 ``inputs``               prompts to token ids; every request checked before any work      0
 ``output_processor``     steps to text deltas, stop strings and finish reasons            9

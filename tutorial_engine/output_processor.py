@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 from .detokenizer import IncrementalDetokenizer, decode_output
 from .engine import LLMEngine
@@ -84,14 +85,28 @@ def find_stop(text: str, stops: tuple[str, ...]) -> int | None:
     return min(hits) if hits else None
 
 
+class RequestSink(Protocol):
+    """Where the processor's requests run: an :class:`LLMEngine`, or the API server's
+    client of an engine core in another process (``serving/async_llm.py``), which
+    keeps each request's :class:`Sequence` up to date from the core's messages."""
+
+    tokenizer: Any
+
+    def add_sequence(self, seq: Sequence) -> None: ...
+
+    def abort(self, seq_id: int, reason: str = "abort") -> None: ...
+
+
 class OutputProcessor:
-    """Runs an engine's steps and reports each tracked request's progress.
+    """Reports each tracked request's progress after every engine step.
 
     Args:
-        engine: the engine whose requests are tracked; :meth:`step` calls its ``step``.
+        engine: where the tracked requests run; :meth:`step` (an in-process
+            :class:`LLMEngine` only) runs its ``step``, :meth:`process` reads what the
+            sequences gained since the last call.
     """
 
-    def __init__(self, engine: LLMEngine) -> None:
+    def __init__(self, engine: LLMEngine | RequestSink) -> None:
         self.engine = engine
         self.states: dict[int, RequestState] = {}
 
@@ -117,6 +132,10 @@ class OutputProcessor:
         the other requests' outputs of the step are not lost.
         """
         self.engine.step()
+        return self.process()
+
+    def process(self) -> list[RequestOutput]:
+        """The outputs of the tracked requests that advanced or finished since the last call."""
         outputs = []
         for seq_id, state in list(self.states.items()):
             try:

@@ -16,6 +16,15 @@ every answer as a stream, and reports per rate, with vLLM's definitions:
 
 ``--policies fcfs,sjf`` starts one server per scheduling policy and runs every rate
 against each, so the two admission orders meet the same arrivals.
+
+``--compare-engine-core`` (with ``--device sim``) asks what the process split buys: it
+starts the single-process server (``serve --engine-core inproc``) and the split one
+(``--engine-core process``) side by side and runs each ``--concurrency`` level (that many
+streams open at once, a new request as soon as one ends) against both in alternating
+rounds. Beside the client's metrics it reads each server's ``/metrics`` before and after
+a run: the simulated device's busy fraction over the run, the engine loop's CPU seconds
+per step and the API server's CPU seconds per output token, each from the process's
+own ``time.process_time`` (with one process, the two are the same clock).
 """
 
 from __future__ import annotations
@@ -114,6 +123,25 @@ async def send(client: httpx.AsyncClient, model: str, prompt: list[int], max_tok
     result.latency = chunk_times[-1] - start
     result.itl = tuple(np.diff(chunk_times).tolist())
     return result
+
+
+async def run_concurrency(url: str, model: str, requests: list[tuple[list[int], int]], concurrency: int,
+                          headers: dict) -> tuple[list[RequestResult], float]:
+    """Send ``requests`` with ``concurrency`` streams open at once (vLLM's
+    ``--max-concurrency`` with every request queued at the start)."""
+    import httpx
+
+    limits = httpx.Limits(max_connections=None, max_keepalive_connections=None)
+    slots = asyncio.Semaphore(concurrency)
+
+    async def one(client, prompt, max_tokens):
+        async with slots:
+            return await send(client, model, prompt, max_tokens)
+
+    async with httpx.AsyncClient(base_url=url, timeout=None, limits=limits, headers=headers) as client:
+        start = time.perf_counter()
+        results = await asyncio.gather(*(one(client, p, m) for p, m in requests))
+        return results, time.perf_counter() - start
 
 
 async def run_rate(url: str, model: str, requests: list[tuple[list[int], int]], rate: float, seed: int,
@@ -236,7 +264,8 @@ def run_serve_bench(args: argparse.Namespace) -> int:
     if args.model is None and args.url is None:
         args.model, args.load_format = str(architecture_folder(args.architecture)), "dummy"
     result = {
-        "name": args.name, "model": args.url or args.model, "workload": asdict(workload),
+        "name": args.name, "command": " ".join(["python -m tutorial_engine", *sys.argv[1:]]),
+        "model": args.url or args.model, "workload": asdict(workload),
         "server": {"url": args.url, "argv": None if args.url else engine_argv(args)},
         "environment": environment(torch.device("cuda" if torch.cuda.is_available() else "cpu")),
         "runs": [],
@@ -248,6 +277,16 @@ def run_serve_bench(args: argparse.Namespace) -> int:
             Path(args.output).parent.mkdir(parents=True, exist_ok=True)
             Path(args.output).write_text(json.dumps(result, indent=1) + "\n")
 
+    if args.compare_engine_core:
+        if args.url or args.device != "sim":
+            raise ValueError("--compare-engine-core starts its own servers on --device sim (the device's busy "
+                             "fraction is the simulated device's); drop --url, add --device sim.")
+        print(f"single process vs engine core process: {args.prompts_per_stream} requests per stream, prompts "
+              f"{workload.input_len}, outputs {workload.output_len} tokens, concurrency {args.concurrency}")
+        compare_engine_cores(args, workload, headers, result, on_run)
+        if args.output:
+            print(f"  wrote {args.output}", file=sys.stderr)
+        return 1 if any(run["failed"] for run in result["runs"]) else 0
     print(f"serving benchmark: {workload.num_prompts} requests, prompts {workload.input_len}, "
           f"outputs {workload.output_len} tokens, rates {args.request_rates}")
     if args.url:
@@ -261,6 +300,71 @@ def run_serve_bench(args: argparse.Namespace) -> int:
     if args.output:
         print(f"  wrote {args.output}", file=sys.stderr)
     return 1 if any(run["failed"] for run in result["runs"]) else 0
+
+
+ENGINE_GAUGES = ("engine_steps", "engine_cpu_seconds", "server_cpu_seconds", "device_busy_seconds")
+
+
+def engine_counters(url: str, headers: dict) -> dict[str, float]:
+    """The engine's and server's own counters from ``/metrics`` (``serving/metrics.py``)."""
+    import httpx
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = httpx.get(f"{url}/metrics", headers=headers, timeout=30).text
+    values = {family.name.removeprefix("tutorial_engine_"): family.samples[0].value
+              for family in text_string_to_metric_families(text) if family.samples}
+    return {name: values[name] for name in ENGINE_GAUGES}
+
+
+def split_run(url: str, model: str, engine_core: str, concurrency: int, requests: list, headers: dict) -> dict:
+    """One run at ``concurrency``, with the processes' own accounting around it."""
+    before = engine_counters(url, headers)
+    results, duration = asyncio.run(run_concurrency(url, model, requests, concurrency, headers))
+    time.sleep(0.2)  # the core's last step message (and its counters) reaches the server
+    after = engine_counters(url, headers)
+    delta = {name: after[name] - before[name] for name in ENGINE_GAUGES}
+    run = {"engine_core": engine_core, "concurrency": concurrency, **summarize(results, duration)}
+    output_tokens = sum(r.output_len for r in results if r.error is None)
+    run.update(device_busy_fraction=delta["device_busy_seconds"] / duration, engine_steps=int(delta["engine_steps"]),
+               engine_cpu_ms_per_step=1e3 * delta["engine_cpu_seconds"] / max(1, delta["engine_steps"]),
+               server_cpu_us_per_output_token=1e6 * delta["server_cpu_seconds"] / max(1, output_tokens),
+               server_cpu_fraction=delta["server_cpu_seconds"] / duration,
+               engine_cpu_fraction=delta["engine_cpu_seconds"] / duration)
+    del run["requests"]
+    return run
+
+
+def print_split_run(run: dict) -> None:
+    t, i = run["ttft_ms"], run["itl_ms"]
+    print(f"  {run['engine_core']:7s} x{run['concurrency']:<4d} busy {run['device_busy_fraction']:6.1%} "
+          f"{run['output_throughput']:7.0f} out tok/s | ITL p50 {i['p50'] or 0:6.1f} p99 {i['p99'] or 0:7.1f} ms | "
+          f"TTFT p50 {t['p50'] or 0:7.0f} p99 {t['p99'] or 0:7.0f} ms | engine {run['engine_cpu_ms_per_step']:5.2f} "
+          f"CPU ms/step ({run['engine_cpu_fraction']:4.0%}) | server {run['server_cpu_us_per_output_token']:5.0f} "
+          f"CPU us/token ({run['server_cpu_fraction']:4.0%}) | failed {run['failed']}", flush=True)
+
+
+def compare_engine_cores(args: argparse.Namespace, workload: ServingWorkload, headers: dict, result: dict,
+                         on_run) -> None:
+    """Both servers up at once (an idle one blocks on its queue); each level's rounds
+    alternate which goes first."""
+    result["machine"] = f"this CPU ({result['environment']['cpu']}, {os.cpu_count()} cores) with a simulated NVIDIA H200"
+    result["concurrency"] = args.concurrency
+    with LocalServer([*engine_argv(args), "--engine-core", "inproc"], args.startup_timeout) as inproc_url, \
+            LocalServer([*engine_argv(args), "--engine-core", "process"], args.startup_timeout) as process_url:
+        urls = {"inproc": inproc_url, "process": process_url}
+        model = served_model(process_url, headers)
+        for url in urls.values():  # warm-up
+            asyncio.run(run_concurrency(url, model, workload.draw()[:4], 4, headers))
+        for concurrency in args.concurrency:
+            requests = ServingWorkload(args.prompts_per_stream * concurrency, workload.input_len, workload.output_len,
+                                       workload.max_token_id, workload.seed).draw()
+            for round_ in range(args.rounds):
+                order = ("inproc", "process") if round_ % 2 == 0 else ("process", "inproc")
+                for engine_core in order:
+                    run = split_run(urls[engine_core], model, engine_core, concurrency, requests, headers)
+                    run["round"] = round_
+                    print_split_run(run)
+                    on_run(run)
 
 
 def _range(text: str) -> tuple[int, int]:
@@ -289,6 +393,13 @@ def add_serve_bench_parser(modes) -> None:
     p.add_argument("--max-token-id", type=int, default=10000, help="prompt token ids are below this")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--startup-timeout", type=float, default=900.0)
+    p.add_argument("--compare-engine-core", action="store_true",
+                   help="single-process vs engine-core-process server at each --concurrency (needs --device sim)")
+    p.add_argument("--concurrency", type=lambda s: [int(x) for x in s.split(",") if x], default=[8, 32, 64, 128, 256],
+                   help="with --compare-engine-core: streams open at once, comma-separated")
+    p.add_argument("--prompts-per-stream", type=int, default=2,
+                   help="with --compare-engine-core: requests per level = this x the concurrency")
+    p.add_argument("--rounds", type=int, default=2, help="with --compare-engine-core: alternating rounds per level")
     p.add_argument("--name", default="serving")
     p.add_argument("--output", default=None, help="write the result JSON here")
     p.set_defaults(func=run_serve_bench)

@@ -36,6 +36,8 @@ DATA_COMMANDS: dict[str, str] = {
     "bench_vs_nanovllm_h100": PY + "tutorial_engine bench --peers nanovllm --nanovllm-path ../shared/peers/nano-vllm"
     " --rounds 3 --output book/data/bench_vs_nanovllm_h100.json",
     "spec_decode_cpu": PY + "tutorial_engine.experiments.spec_decode",
+    "serving_split_sim": PY + "tutorial_engine bench serve --compare-engine-core --device sim"
+    " --concurrency 8,32,64,128,256 --prompts-per-stream 2 --rounds 2 --output book/data/serving_split_sim.json",
 }
 
 

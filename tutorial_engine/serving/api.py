@@ -15,7 +15,7 @@ Routes (the API reference: https://platform.openai.com/docs/api-reference):
 With an API key every route but ``/health`` and ``/metrics`` needs it. A handler
 validates its request, tokenizes it off the event loop (``tokenize.py``) and queues it
 (:meth:`AsyncEngine.add_request`), then
-reads the request's outputs from its asyncio queue while the engine thread runs the
+reads the request's outputs from its asyncio queue while the engine core runs the
 batch. A client that goes away mid-answer has its request aborted at once.
 """
 
@@ -38,6 +38,7 @@ from starlette.types import Receive, Scope, Send
 
 from ..output_processor import RequestOutput
 from .async_engine import AsyncEngine, RequestStream
+from .async_llm import AsyncLLM
 from .auth import require_api_key
 from .errors import APIError, documented, error_response, from_validation, install_error_handlers
 from .limits import ServerLimits
@@ -63,10 +64,11 @@ JSON_OR_EVENTS = {200: {"content": {"text/event-stream": {"schema": EVENT}},
 ERRORS = documented(400, 404, 413, 503)
 
 
-def build_app(engine: AsyncEngine, model_name: str, api_key: str | None = None,
+def build_app(engine: AsyncLLM | AsyncEngine, model_name: str, api_key: str | None = None,
               max_body_bytes: int | None = None, limits: ServerLimits | None = None) -> FastAPI:
-    """The FastAPI app serving ``engine`` as model ``model_name``. The app's lifespan
-    starts the engine thread and shuts it down. With ``api_key``, every route but
+    """The FastAPI app serving ``engine`` (the engine core in its own process, or the
+    loop in a thread) as model ``model_name``. The app's lifespan starts the engine's
+    loop and shuts it down. With ``api_key``, every route but
     ``/health`` and ``/metrics`` (the API, the generation routes, ``/docs``, ``/redoc``
     and ``/openapi.json``) needs it as a Bearer token (401 otherwise). ``limits``: the
     request bounds (bodies over ``max_body_bytes``, which overrides its field, get 413)."""
@@ -83,7 +85,7 @@ def build_app(engine: AsyncEngine, model_name: str, api_key: str | None = None,
     # FastAPI's own docs routes are replaced by keyed ones below.
     app = FastAPI(title="tutorial_engine", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     install_error_handlers(app, FIELD_NAMES)
-    install_openapi(app, limits, engine.engine.spec.vocab_size, engine.engine.max_model_len)
+    install_openapi(app, limits, engine.vocab_size, engine.max_model_len)
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=limits.max_body_bytes)
     server = OpenAIServer(engine, model_name, ServerMetrics(engine), limits)
     keyed = APIRouter(dependencies=[require_api_key(api_key)] if api_key else [],
@@ -104,7 +106,7 @@ def build_app(engine: AsyncEngine, model_name: str, api_key: str | None = None,
     @keyed.get("/v1/models")
     async def models() -> dict:
         card = {"id": model_name, "object": "model", "created": server.created, "owned_by": "tutorial_engine",
-                "max_model_len": engine.engine.max_model_len}
+                "max_model_len": engine.max_model_len}
         return {"object": "list", "data": [card]}
 
     @keyed.post("/v1/completions", responses={**ERRORS, **JSON_OR_EVENTS})
@@ -145,31 +147,31 @@ def build_app(engine: AsyncEngine, model_name: str, api_key: str | None = None,
 class OpenAIServer:
     """Turns API requests into engine requests, and engine outputs into API responses."""
 
-    def __init__(self, engine: AsyncEngine, model_name: str, metrics: ServerMetrics, limits: ServerLimits) -> None:
+    def __init__(self, engine: AsyncLLM | AsyncEngine, model_name: str, metrics: ServerMetrics, limits: ServerLimits) -> None:
         self.engine = engine
         self.model_name = model_name
         self.metrics = metrics
         self.limits = limits
         self.created = int(time.time())
-        self.chars_per_token = max_chars_per_token(engine.engine.tokenizer)
+        self.chars_per_token = max_chars_per_token(engine.tokenizer)
 
     # -- requests -------------------------------------------------------------------------
 
     async def complete(self, body: CompletionRequest, request: Request) -> Response:
         self._check(body)
-        core = self.engine.engine
-        token_ids = await encode_prompt(body.single_prompt(), core.tokenizer, core.spec.vocab_size,
-                                        core.max_model_len, self.chars_per_token)
+        engine = self.engine
+        token_ids = await encode_prompt(body.single_prompt(), engine.tokenizer, engine.vocab_size,
+                                        engine.max_model_len, self.chars_per_token)
         max_tokens = body.max_tokens if body.max_tokens is not None else 16
         return await self._serve(body, request, token_ids, (max_tokens, "max_tokens"), "prompt", chat=False)
 
     async def chat(self, body: ChatCompletionRequest, request: Request) -> Response:
         self._check(body)
         messages = [m.as_template_input() for m in body.messages]
-        token_ids = await encode_chat(messages, self.engine.engine.tokenizer, self.model_name)
+        token_ids = await encode_chat(messages, self.engine.tokenizer, self.model_name)
         max_tokens, param = body.requested_max_tokens()
         if max_tokens is None:  # OpenAI: the reply may use the rest of the context
-            max_tokens = max(1, self.engine.engine.max_model_len - len(token_ids))
+            max_tokens = max(1, self.engine.max_model_len - len(token_ids))
         return await self._serve(body, request, token_ids, (max_tokens, param), "messages", chat=True)
 
     def _check(self, body: SamplingFields) -> None:
@@ -185,7 +187,7 @@ class OpenAIServer:
     async def _serve(self, body: SamplingFields, request: Request, token_ids: list[int],
                      max_tokens: tuple[int, str], prompt_param: str, chat: bool) -> Response:
         """``max_tokens``: the reply's limit and the field that set it (named in errors)."""
-        context = self.engine.engine.max_model_len
+        context = self.engine.max_model_len
         (max_tokens, tokens_param) = max_tokens
         if len(token_ids) + max_tokens > context:
             param = tokens_param if len(token_ids) < context else prompt_param
@@ -196,7 +198,7 @@ class OpenAIServer:
         try:
             stream = self.engine.add_request(token_ids, params)
         except (TypeError, ValueError) as err:  # e.g. longer than the whole KV cache
-            raise from_validation(err, ("max_tokens",), prompt_param) from err
+            raise from_validation(err, ("max_tokens", "stop_token_ids"), prompt_param) from err
         reply = Reply(self.model_name, chat, body.include_usage)
         if body.stream:
             return EventStreamResponse(self._events(stream, reply), media_type="text/event-stream")

@@ -13,7 +13,9 @@ The engine itself is touched only by its thread (it is not thread-safe), and an
 asyncio queue only by its event loop (neither is it): the engine thread hands each
 step's outputs over with ``loop.call_soon_threadsafe``, which runs a callback on the
 event loop's own thread. SGLang and mini-SGLang split the same way (their scheduler
-runs in another process, talking over ZeroMQ); vLLM's ``AsyncLLM`` too.
+runs in another process, talking over ZeroMQ); vLLM's ``AsyncLLM`` too, and so does
+this package's server by default (``async_llm.py``): this class is the single-process
+server of ``serve --engine-core inproc``, kept to measure what the split buys.
 """
 
 from __future__ import annotations
@@ -23,12 +25,15 @@ import logging
 import queue
 import threading
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from typing import Protocol
 
 from ..engine import LLMEngine
 from ..inputs import Prompt
 from ..output_processor import OutputProcessor, RequestOutput
 from ..sampling_params import SamplingParams
+from ..sequence import Sequence
+from .engine_core import engine_stats
+from .messages import EngineStats
 
 logger = logging.getLogger(__name__)
 
@@ -38,17 +43,14 @@ class QueueFullError(RuntimeError):
 
 
 class EngineDeadError(RuntimeError):
-    """The engine thread has stopped, so no request can be served (HTTP 503)."""
+    """The engine loop (thread or core process) has stopped, so no request can be served (HTTP 503)."""
 
 
-@dataclass(frozen=True)
-class EngineStats:
-    """A snapshot the engine thread publishes after each step, read by other threads
-    (a new object each time, so a reader never sees half an update)."""
+class Aborter(Protocol):
+    """What a stream's request runs on: this module's :class:`AsyncEngine`, or
+    ``async_llm.AsyncLLM``."""
 
-    num_running: int = 0
-    num_waiting: int = 0
-    kv_cache_usage: float = 0.0  # fraction of KV-cache pages held by requests
+    def abort(self, request_id: int) -> None: ...
 
 
 class RequestStream:
@@ -60,7 +62,7 @@ class RequestStream:
     :meth:`close`, which does not depend on the iteration being finalized.
     """
 
-    def __init__(self, engine: AsyncEngine, request_id: int, num_prompt_tokens: int) -> None:
+    def __init__(self, engine: Aborter, request_id: int, num_prompt_tokens: int) -> None:
         self.request_id = request_id
         self.num_prompt_tokens = num_prompt_tokens
         self.queue: asyncio.Queue[RequestOutput | BaseException] = asyncio.Queue()
@@ -93,6 +95,9 @@ class AsyncEngine:
         engine: the engine; from :meth:`start` on, only the loop thread touches it.
         max_queued_requests: refuse new requests (:class:`QueueFullError`) while this
             many are waiting for admission; None: no limit.
+
+    ``stats`` is the :class:`EngineStats` the engine thread publishes after each step
+    (a new object each time, so a reader never sees half an update).
     """
 
     def __init__(self, engine: LLMEngine, max_queued_requests: int | None = None) -> None:
@@ -104,6 +109,22 @@ class AsyncEngine:
         self._streams: dict[int, tuple[asyncio.AbstractEventLoop, RequestStream]] = {}  # engine thread only
         self._thread = threading.Thread(target=self._run, name="engine-loop", daemon=True)
         self._stopping = False
+
+    @property
+    def tokenizer(self):
+        return self.engine.tokenizer
+
+    @property
+    def max_model_len(self) -> int:
+        return self.engine.max_model_len
+
+    @property
+    def vocab_size(self) -> int:
+        return self.engine.spec.vocab_size
+
+    @property
+    def requests(self) -> dict[int, Sequence]:
+        return self.engine.requests
 
     # -- the event loop's side ----------------------------------------------------------
 
@@ -226,10 +247,7 @@ class AsyncEngine:
                 pass
 
     def _publish_stats(self) -> None:
-        scheduler, kv = self.engine.scheduler, self.engine.kv_cache
-        num_blocks = self.engine.num_kvcache_blocks
-        self.stats = EngineStats(len(scheduler.running), len(scheduler.waiting),
-                                 1.0 - kv.num_free_blocks / num_blocks)
+        self.stats = engine_stats(self.engine)
 
     def _fail_all(self, err: BaseException) -> None:
         self._deliver([(request_id, err) for request_id in list(self._streams)])

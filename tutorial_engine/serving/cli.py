@@ -15,6 +15,8 @@ from pathlib import Path
 from ..default_model import default_model
 from .limits import DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_STOP_LENGTH, DEFAULT_MAX_STOP_STRINGS, ServerLimits
 
+ENGINE_CORES = ("process", "inproc")
+
 # EngineConfig fields settable from the command line: (flag, type, help). Unset flags
 # keep EngineConfig's defaults.
 ENGINE_FLAGS = (
@@ -27,7 +29,7 @@ ENGINE_FLAGS = (
     ("--prefix-caching", str, "none, hash or radix"),
     ("--scheduling-policy", str, "fcfs (first come first served) or sjf (shortest prompt first)"),
     ("--tensor-parallel-size", int, "GPUs to split the model over"),
-    ("--device", str, "auto, cpu, cuda or cuda:N"),
+    ("--device", str, "auto, cpu, cuda, cuda:N, or sim (a simulated H200 that runs no model: host costs on a CPU)"),
     ("--dtype", str, "auto, float32, float16 or bfloat16"),
     ("--load-format", str, "auto, or dummy (random weights, for speed measurements)"),
     ("--speculative-config", str, 'speculative decoding as JSON, e.g. \'{"method": "ngram", "num_speculative_tokens": 4}\''),
@@ -55,6 +57,8 @@ def engine_options(args: argparse.Namespace) -> dict:
         options["enable_chunked_prefill"] = False
     if args.no_overlap:
         options["overlap_scheduling"] = False
+    elif args.device == "sim":  # the simulated device stands for a GPU, where overlap scheduling is the default
+        options["overlap_scheduling"] = True
     return options
 
 
@@ -88,6 +92,9 @@ def add_serve_parser(subparsers) -> None:
                    help="most stop strings per request, else 400 (default: 16; OpenAI allows 4)")
     p.add_argument("--max-stop-length", type=int, default=DEFAULT_MAX_STOP_LENGTH,
                    help="longest stop string in characters, else 400 (default: 256)")
+    p.add_argument("--engine-core", choices=ENGINE_CORES, default="process",
+                   help="process: the engine loop in its own process, over ZeroMQ (default); inproc: in a thread "
+                        "of the server's process (the single-process server, for comparison)")
     p.add_argument("--log-level", default="info")
     p.set_defaults(func=run_serve)
 
@@ -98,17 +105,22 @@ def make_app(args: argparse.Namespace):
     from ..config import EngineConfig
     from .api import build_app
     from .async_engine import AsyncEngine
+    from .async_llm import AsyncLLM
 
     model = args.model or default_model()
     if args.max_queued_requests is not None and args.max_queued_requests < 1:
         raise ValueError(f"--max-queued-requests={args.max_queued_requests} must be >= 1.")
     limits = ServerLimits(args.max_body_bytes, args.max_stop_strings, args.max_stop_length)
     template = Path(args.chat_template).read_text() if args.chat_template else None
-    engine = engine_module.LLMEngine(EngineConfig(model=model, **engine_options(args)))
+    config = EngineConfig(model=model, **engine_options(args))
+    if args.engine_core == "process":
+        engine = AsyncLLM(config, args.max_queued_requests)
+    else:
+        engine = AsyncEngine(engine_module.LLMEngine(config), args.max_queued_requests)
     if template is not None:
         engine.tokenizer.chat_template = template
     name = args.served_model_name or Path(model).name
-    app = build_app(AsyncEngine(engine, args.max_queued_requests), name, args.api_key, limits=limits)
+    app = build_app(engine, name, args.api_key, limits=limits)
     return app, name
 
 

@@ -1,16 +1,23 @@
 """Prometheus metrics at ``GET /metrics``, named after vLLM's where they mean the same.
 
-Gauges read the engine thread's latest :class:`EngineStats` when scraped; histograms
-and counters are fed as requests finish. Each app has its own registry, so several
-servers (tests, a notebook) can live in one process.
+Gauges read the engine's latest :class:`EngineStats` when scraped (sent by the engine
+core after each step, or published by the engine thread); histograms and counters are
+fed as requests finish. The CPU-time and busy-time gauges are what ``bench serve
+--compare-engine-core`` reads before and after a run: each process's own accounting.
+Each app has its own registry, so several servers (tests, a notebook) can live in one
+process.
 """
 
 from __future__ import annotations
+
+import math
+import time
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from ..output_processor import RequestOutput
 from .async_engine import AsyncEngine
+from .async_llm import AsyncLLM
 
 # Seconds; from 1 ms (a tiny model's step on a CPU) to a minute (a long queue).
 TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
@@ -25,7 +32,7 @@ class ServerMetrics:
 
     content_type = CONTENT_TYPE_LATEST
 
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncLLM | AsyncEngine) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
         Gauge(f"{PREFIX}_num_requests_running", "Requests in the running batch.",
@@ -34,6 +41,16 @@ class ServerMetrics:
               registry=r).set_function(lambda: engine.stats.num_waiting)
         Gauge(f"{PREFIX}_kv_cache_usage_perc", "Fraction of KV-cache pages in use (0 to 1).",
               registry=r).set_function(lambda: engine.stats.kv_cache_usage)
+        Gauge(f"{PREFIX}_engine_steps", "Engine steps since start.",
+              registry=r).set_function(lambda: engine.stats.num_steps)
+        Gauge(f"{PREFIX}_engine_cpu_seconds", "CPU seconds of the process that runs the engine loop, "
+              "as of its last step (the server's own when the loop is a thread).",
+              registry=r).set_function(lambda: engine.stats.cpu_s)
+        Gauge(f"{PREFIX}_server_cpu_seconds", "CPU seconds of the API server process.",
+              registry=r).set_function(time.process_time)
+        Gauge(f"{PREFIX}_device_busy_seconds", "Seconds of steps queued on the simulated device (NaN on a real one).",
+              registry=r).set_function(lambda: math.nan if engine.stats.device_busy_s is None
+                                       else engine.stats.device_busy_s)
         self.ttft = Histogram(f"{PREFIX}_time_to_first_token_seconds", "Time to first token.",
                               buckets=TTFT_BUCKETS, registry=r)
         self.tpot = Histogram(f"{PREFIX}_time_per_output_token_seconds",

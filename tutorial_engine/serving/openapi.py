@@ -45,6 +45,7 @@ def _tidy(schema: dict, limits: ServerLimits, vocab_size: int, max_model_len: in
     _bound_token_ids(components["CompletionRequest"]["properties"]["prompt"], vocab_size)
     for name in ("CompletionRequest", "ChatCompletionRequest"):
         fields = components[name]["properties"]
+        _bound_token_ids(fields["stop_token_ids"], vocab_size)
         for field in ("max_tokens", "max_completion_tokens"):
             for branch in fields.get(field, {}).get("anyOf", []):
                 if branch.get("type") == "integer":

@@ -118,6 +118,7 @@ class SimulatedDevice:
         self.time_scale = time_scale
         self.steps: list[StepRecord] = []
         self.sampled: list[int] = []  # tokens each step sampled, parallel to ``steps``
+        self.queued_busy_s = 0.0  # device seconds of all steps launched so far (a running total, O(1) to read)
         self._free_at = 0.0  # when the last queued step ends
 
     def launch(self, features: StepFeatures, duration_s: float, num_sampled: int) -> float:
@@ -127,6 +128,7 @@ class SimulatedDevice:
         self._free_at = start + duration_s * self.time_scale
         self.steps.append(StepRecord(features, now, start, self._free_at))
         self.sampled.append(num_sampled)
+        self.queued_busy_s += duration_s
         return self._free_at
 
     def stats(self, since: float | None = None, until: float | None = None) -> SimDeviceStats:
