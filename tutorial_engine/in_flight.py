@@ -69,9 +69,11 @@ class InFlight:
         """The input row a step planned now must read this request's last token from, or -1."""
         return self.input_row if self.num_tokens else -1
 
-    def ends_by_length(self, num_tokens: int, num_prompt_tokens: int, max_tokens: int, max_model_len: int) -> bool:
+    def ends_by_length(self, num_tokens: int, num_prompt_tokens: int, max_tokens: int,
+                       max_model_len: int) -> bool:
         """True when the tokens in flight will end the request by length (``max_tokens``
         outputs or ``max_model_len`` tokens, counting the ``num_tokens`` already known),
         so planning another step for it would be wasted."""
         total = num_tokens + self.num_tokens
-        return self.num_tokens > 0 and (total - num_prompt_tokens >= max_tokens or total >= max_model_len)
+        by_output = total - num_prompt_tokens >= max_tokens
+        return self.num_tokens > 0 and (by_output or total >= max_model_len)
