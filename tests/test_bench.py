@@ -100,3 +100,21 @@ def test_bench_command_writes_consistent_json(tiny_checkpoints, tmp_path):
     assert engine["output_tok_s"] == pytest.approx(requests.num_output_tokens / engine["time_s"])
     assert engine["config"]["max_num_seqs"] == 4 and engine["cuda_graphs"] is False
     assert result["environment"]["torch"] and "roofline" not in result  # no GPU: no roofline
+
+
+def test_environment_records_the_command_that_ran(monkeypatch):
+    import sys
+    import types
+
+    import torch
+
+    from tutorial_engine.bench.environment import environment, invocation
+
+    main = types.ModuleType("__main__")
+    main.__spec__ = types.SimpleNamespace(name="tutorial_engine.experiments.overlap")
+    monkeypatch.setitem(sys.modules, "__main__", main)
+    monkeypatch.setattr(sys, "argv", ["/x/overlap.py", "--out", "book/data/a b.json"])
+    assert invocation() == "python -m tutorial_engine.experiments.overlap --out 'book/data/a b.json'"
+    main.__spec__ = types.SimpleNamespace(name="tutorial_engine.__main__")
+    monkeypatch.setattr(sys, "argv", ["x", "bench", "--rounds", "3"])
+    assert environment(torch.device("cpu"))["command"] == "python -m tutorial_engine bench --rounds 3"

@@ -5,7 +5,9 @@ from __future__ import annotations
 import datetime
 import os
 import platform
+import shlex
 import subprocess
+import sys
 from pathlib import Path
 
 import torch
@@ -21,6 +23,7 @@ def environment(device: torch.device) -> dict:
         "git_commit": os.environ.get("TUTORIAL_ENGINE_GIT_COMMIT") or _git_commit(),
         "cpu": platform.processor() or platform.machine(),
         "cpu_count": os.cpu_count(),
+        "command": invocation(),
     }
     for package in ("triton", "transformers"):
         try:
@@ -50,3 +53,11 @@ def _driver_version() -> str | None:
                               capture_output=True, text=True, check=True).stdout.strip().splitlines()[0]
     except (OSError, subprocess.CalledProcessError, IndexError):
         return None
+
+
+def invocation() -> str:
+    """The command line that is running, as a reader would type it: ``python -m MODULE ARGS``
+    for a module run with ``-m`` (the book shows it beside the numbers), else the script."""
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    program = f"python -m {spec.name.removesuffix('.__main__')}" if spec is not None else shlex.join(sys.argv[:1])
+    return " ".join([program, shlex.join(sys.argv[1:])]).strip()

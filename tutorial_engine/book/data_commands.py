@@ -45,9 +45,10 @@ def data_command(name: str) -> str:
     """The command that wrote ``book/data/NAME.json``: the one the file recorded, if it
     recorded one, else the one in :data:`DATA_COMMANDS`."""
     try:
-        recorded = load_result(name).get("command")
+        result = load_result(name)
     except FileNotFoundError:
-        recorded = None
+        result = {}
+    recorded = result.get("command") or (result.get("environment") or {}).get("command")
     if isinstance(recorded, list):
         recorded = " ".join(recorded)
     return recorded or DATA_COMMANDS[name]
