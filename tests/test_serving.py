@@ -341,3 +341,20 @@ def test_disconnect_mid_send_aborts_without_the_garbage_collector(stories260k, e
         assert seq.finish_reason == "abort" and seq.num_output_tokens < 400
     finally:
         gc.enable()
+
+
+@pytest.mark.parametrize("engine_core", ENGINE_CORES)
+def test_metrics_count_speculative_tokens(stories260k, reference, engine_core):
+    """With a draft identical to the target every proposal is accepted, and /metrics says so."""
+    speculative = {"model": str(stories260k), "num_speculative_tokens": 2}
+    server, engine = serve(stories260k, engine_core, speculative_config=speculative)
+    want = reference.generate(PROMPTS[2], SamplingParams(temperature=0, max_tokens=16), use_tqdm=False)[0]
+    with server as url:
+        body = {"prompt": PROMPTS[2], "max_tokens": 16, "temperature": 0}
+        assert httpx.post(f"{url}/v1/completions", json=body).json()["choices"][0]["text"] == want["text"]
+        wait_idle(engine)
+        values = {line.split()[0]: float(line.split()[1]) for line in httpx.get(f"{url}/metrics").text.splitlines()
+                  if line.startswith("tutorial_engine_spec_decode")}
+    assert values["tutorial_engine_spec_decode_num_draft_tokens"] > 0
+    assert values["tutorial_engine_spec_decode_num_accepted_tokens"] == values["tutorial_engine_spec_decode_num_draft_tokens"]
+    assert values["tutorial_engine_spec_decode_num_drafts"] > 0

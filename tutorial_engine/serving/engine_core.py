@@ -45,8 +45,10 @@ def engine_stats(engine: LLMEngine) -> EngineStats:
     scheduler, kv = engine.scheduler, engine.kv_cache
     device = getattr(engine.executor, "device", None)
     busy = device.queued_busy_s if isinstance(device, SimulatedDevice) else None
+    spec = scheduler.spec_decode_stats
     return EngineStats(len(scheduler.running), len(scheduler.waiting), 1.0 - kv.num_free_blocks / engine.num_kvcache_blocks,
-                       engine.metrics.num_steps, time.process_time(), busy)
+                       engine.metrics.num_steps, time.process_time(), busy,
+                       spec.num_drafts, spec.num_draft_tokens, spec.num_accepted_tokens)
 
 
 class EngineCore:

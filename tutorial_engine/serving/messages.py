@@ -64,6 +64,9 @@ class EngineStats(msgspec.Struct, array_like=True, frozen=True):
     num_steps: int = 0
     cpu_s: float = 0.0
     device_busy_s: float | None = None
+    spec_decode_num_drafts: int = 0  # speculative decoding (vLLM's names): verify steps per sequence,
+    spec_decode_num_draft_tokens: int = 0  # tokens proposed,
+    spec_decode_num_accepted_tokens: int = 0  # and tokens accepted
 
 
 class EngineCoreOutput(msgspec.Struct, array_like=True, frozen=True):

@@ -51,6 +51,11 @@ class ServerMetrics:
         Gauge(f"{PREFIX}_device_busy_seconds", "Seconds of steps queued on the simulated device (NaN on a real one).",
               registry=r).set_function(lambda: math.nan if engine.stats.device_busy_s is None
                                        else engine.stats.device_busy_s)
+        for name, what in (("spec_decode_num_drafts", "Speculative verify steps, counted per sequence."),
+                           ("spec_decode_num_draft_tokens", "Speculative tokens proposed."),
+                           ("spec_decode_num_accepted_tokens", "Speculative tokens accepted.")):
+            Gauge(f"{PREFIX}_{name}", what, registry=r).set_function(
+                lambda name=name: getattr(engine.stats, name))
         self.ttft = Histogram(f"{PREFIX}_time_to_first_token_seconds", "Time to first token.",
                               buckets=TTFT_BUCKETS, registry=r)
         self.tpot = Histogram(f"{PREFIX}_time_per_output_token_seconds",
