@@ -10,9 +10,9 @@ model runner:
 
 - **decode**: ``B`` sequences, one new token each, replayed from a CUDA graph when the
   batch fits a captured size (as the engine runs it);
-- **verify**: the same ``B`` sequences, ``k + 1`` new tokens each (the engine runs such
-  extend steps eagerly), with logits and a greedy sample for every one of the ``k + 1``
-  positions (what acceptance needs; the acceptance rule itself is a few vector ops).
+- **verify**: the same ``B`` sequences, each its last token and ``k`` proposals: the
+  engine's own verify step (an extend step, run eagerly, whose ``k + 1`` logits rows per
+  sequence go through the rejection sampler).
 
 Each sequence has ``--context`` tokens of KV before the step. From the two times and an
 acceptance rate ``alpha`` it predicts the speed-up of the decode phase: a verify pass
@@ -40,7 +40,6 @@ import torch
 
 from . import write_json
 from ..bench.environment import environment
-from ..sampler import SamplingBatch
 from ..sampling_params import SamplingParams
 from ..scheduler import ScheduledSequence, SchedulerOutput
 from ..sequence import Sequence
@@ -50,23 +49,17 @@ from ..step_plan import StepPlan, build_step_plan
 ALPHAS = (0.5, 0.7, 0.8, 0.9)
 
 
-def verify_plan(batch: int, context: int, num_new: int, block_size: int) -> StepPlan:
-    """``batch`` sequences of ``context`` computed tokens, each running ``num_new`` new
-    tokens (1: a decode step; k + 1: a verify pass), every new token sampled, greedily."""
-    blocks_per_seq = math.ceil((context + num_new) / block_size)
+def verify_plan(batch: int, context: int, num_draft_tokens: int, block_size: int) -> StepPlan:
+    """``batch`` greedy sequences of ``context`` computed tokens, each running its last
+    token and ``num_draft_tokens`` proposals (0: a decode step; k: a verify step)."""
+    blocks_per_seq = math.ceil((context + 1 + num_draft_tokens) / block_size)
     scheduled = SchedulerOutput()
     for i in range(batch):
-        seq = Sequence(i, [1] * (context + num_new), SamplingParams(temperature=0, max_tokens=1))
+        seq = Sequence(i, [1] * (context + 1), SamplingParams(temperature=0, max_tokens=1))
         seq.num_computed_tokens = context
         seq.block_table = list(range(i * blocks_per_seq, (i + 1) * blocks_per_seq))
-        scheduled.scheduled.append(ScheduledSequence(seq, num_new))
-    plan = build_step_plan(scheduled, block_size)
-    if num_new > 1:  # score every position, as verification does
-        rows = np.arange(plan.num_tokens, dtype=np.int64)
-        plan.logits_indices = rows
-        plan.sampling = SamplingBatch.from_params(
-            (rows // num_new).tolist(), [SamplingParams(temperature=0, max_tokens=1)] * len(rows))
-    return plan
+        scheduled.scheduled.append(ScheduledSequence(seq, 1 + num_draft_tokens, [2] * num_draft_tokens))
+    return build_step_plan(scheduled, block_size)
 
 
 def median_ms(runner, plan: StepPlan, repeats: int) -> float:
@@ -115,9 +108,9 @@ def main() -> None:
                       "context_tokens": args.context, "attention_backend": runner.backend.name,
                       "fused_kernels": sorted(runner.fused_kernels), "alphas": list(ALPHAS), "runs": []}
             for batch in batches:
-                decode_ms = median_ms(runner, verify_plan(batch, args.context, 1, block_size), args.repeats)
+                decode_ms = median_ms(runner, verify_plan(batch, args.context, 0, block_size), args.repeats)
                 for k in ks:
-                    verify_ms = median_ms(runner, verify_plan(batch, args.context, k + 1, block_size), args.repeats)
+                    verify_ms = median_ms(runner, verify_plan(batch, args.context, k, block_size), args.repeats)
                     speedups = {str(a): expected_accepted_length(a, k) * decode_ms / verify_ms for a in ALPHAS}
                     result["runs"].append({"batch": batch, "k": k, "decode_ms": decode_ms, "verify_ms": verify_ms,
                                            "verify_over_decode": verify_ms / decode_ms,
