@@ -77,8 +77,7 @@ class LLMEngine:
         self.dtype = resolve_dtype(config.dtype, checkpoint_dtype(hf_config), self.device)
         self.tokenizer = load_tokenizer(config.model)
         self.eos_token_ids = eos_token_ids(config.model, hf_config, self.tokenizer)
-        self.speculative_config = config.speculative_config
-        if self.speculative_config is not None:
+        if config.speculative_config is not None:
             self._check_speculation(config, hf_config)
         self.overlap_scheduling = (config.overlap_scheduling if config.overlap_scheduling is not None
                                    else self.device.type == "cuda")
@@ -124,7 +123,7 @@ class LLMEngine:
     def _make_proposer(self) -> NgramProposer | DraftModelProposer | None:
         """Prompt lookup, or a draft model in an engine of its own (plain loop, radix
         prefix cache, the target's device, dtype and memory options)."""
-        spec_config = self.speculative_config
+        spec_config = self.config.speculative_config
         if spec_config is None:
             return None
         if spec_config.method == "ngram":
@@ -208,7 +207,7 @@ class LLMEngine:
         next plan drafts proposals from its tokens, and a verify step's accepted count
         decides where its rows resume (``in_flight.py``). Returns what finished."""
         step = self._in_flight
-        if self.speculative_config is None or step is None or not step.samples:
+        if self.config.speculative_config is None or step is None or not step.samples:
             return []
         self._in_flight = None
         return self._complete(step)
@@ -221,7 +220,9 @@ class LLMEngine:
         """Launch the step just planned, then process the one the GPU ran before it:
         the CPU work of step N+1 (planning, building inputs) happened while the GPU
         ran step N, and processing N's tokens happens while it runs N+1."""
-        launched = InFlightStep(scheduler_output, self._execute(scheduler_output)) if not scheduler_output.is_empty else None
+        launched = None
+        if not scheduler_output.is_empty:
+            launched = InFlightStep(scheduler_output, self._execute(scheduler_output))
         previous, self._in_flight = self._in_flight, launched
         return self._complete(previous) if previous is not None else []
 
@@ -268,7 +269,7 @@ class LLMEngine:
     def get_metrics(self) -> dict:
         """The engine's counters; with speculation on, vLLM's ``spec_decode_*`` counters too."""
         metrics = self.metrics.as_dict()
-        if self.speculative_config is not None:
+        if self.config.speculative_config is not None:
             metrics.update(self.scheduler.spec_decode_stats.as_dict())
         return metrics
 

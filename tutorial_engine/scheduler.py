@@ -261,7 +261,7 @@ class Scheduler:
 
     def update_from_output(self, scheduler_output: SchedulerOutput,
                            sampled_token_ids: list[int] | list[list[int]]) -> list[Sequence]:
-        """The step ``out`` ran: append its sampled tokens (per sampling sequence, in
+        """The step ``scheduler_output`` ran: append its sampled tokens (per sampling sequence, in
         scheduled order, one token, or a verify row's list of emitted tokens), let the
         prefix cache publish full pages, and finish (and free) the sequences that stop.
         A sequence that already finished while this step was in flight (overlap

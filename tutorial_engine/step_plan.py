@@ -97,7 +97,8 @@ def slot_of(block_id, position, block_size: int):
     return block_id * block_size + position % block_size
 
 
-def build_step_plan(scheduler_output: SchedulerOutput, block_size: int, finished_seq_ids: list[int] | None = None) -> StepPlan:
+def build_step_plan(scheduler_output: SchedulerOutput, block_size: int,
+                    finished_seq_ids: list[int] | None = None) -> StepPlan:
     """Flatten a scheduled step into a :class:`StepPlan`.
 
     Per-sequence Python work is kept to reading a few attributes; positions and slots
