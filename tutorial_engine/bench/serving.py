@@ -17,20 +17,25 @@ every answer as a stream, and reports per rate, with vLLM's definitions:
 ``--policies fcfs,sjf`` starts one server per scheduling policy and runs every rate
 against each, so the two admission orders meet the same arrivals.
 
-``--compare-engine-core`` (with ``--device sim``) asks what the process split buys: it
-starts the single-process server (``serve --engine-core inproc``) and the split one
+``--compare-engine-core`` asks what the process split buys: it starts the
+single-process server (``serve --engine-core inproc``) and the split one
 (``--engine-core process``) side by side and runs each ``--concurrency`` level (that many
-streams open at once, a new request as soon as one ends) against both in alternating
-rounds. Beside the client's metrics it reads each server's ``/metrics`` before and after
-a run: the simulated device's busy fraction over the run, the engine loop's CPU seconds
-per step and the API server's CPU seconds per output token, each from the process's
-own ``time.process_time`` (with one process, the two are the same clock).
+streams open at once, a new request as soon as one ends) and each ``--request-rates``
+rate (none unless given) against both in alternating rounds. Beside the client's
+metrics it reads each server's ``/metrics`` before and after a run: the device's busy
+fraction over the run, the engine loop's CPU seconds per step and the API server's CPU
+seconds per output token, each from the process's own ``time.process_time`` (with one
+process, the two are the same clock). The busy fraction is the simulated device's own
+(``--device sim``) or, on a CUDA GPU, NVML's utilization sampled over the run
+(``gpu_busy.py``); on a GPU give both servers the same ``--num-kvcache-blocks``, sized
+so that two fit on the card.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import math
 import os
@@ -46,11 +51,13 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..serving.cli import add_engine_arguments, engine_argv
+from .gpu_busy import GpuBusySampler
 
 if TYPE_CHECKING:  # imported where used, so the command line runs without the serve extra
     import httpx
 
 PERCENTILES = (50, 90, 99)
+DEFAULT_RATES = [4, 8, 16, 32, math.inf]
 
 
 @dataclass(frozen=True)
@@ -278,15 +285,19 @@ def run_serve_bench(args: argparse.Namespace) -> int:
             Path(args.output).write_text(json.dumps(result, indent=1) + "\n")
 
     if args.compare_engine_core:
-        if args.url or args.device != "sim":
-            raise ValueError("--compare-engine-core starts its own servers on --device sim (the device's busy "
-                             "fraction is the simulated device's); drop --url, add --device sim.")
+        if args.url:
+            raise ValueError("--compare-engine-core starts its own two servers; drop --url.")
+        if args.device != "sim" and (not torch.cuda.is_available() or args.num_kvcache_blocks is None):
+            raise ValueError("--compare-engine-core measures the device's busy fraction: run it with --device sim, "
+                             "or on a CUDA GPU with --num-kvcache-blocks N (both servers share the card).")
         print(f"single process vs engine core process: {args.prompts_per_stream} requests per stream, prompts "
-              f"{workload.input_len}, outputs {workload.output_len} tokens, concurrency {args.concurrency}")
+              f"{workload.input_len}, outputs {workload.output_len} tokens, concurrency {args.concurrency}, "
+              f"request rates {args.request_rates or []}")
         compare_engine_cores(args, workload, headers, result, on_run)
         if args.output:
             print(f"  wrote {args.output}", file=sys.stderr)
         return 1 if any(run["failed"] for run in result["runs"]) else 0
+    args.request_rates = DEFAULT_RATES if args.request_rates is None else args.request_rates
     print(f"serving benchmark: {workload.num_prompts} requests, prompts {workload.input_len}, "
           f"outputs {workload.output_len} tokens, rates {args.request_rates}")
     if args.url:
@@ -316,16 +327,21 @@ def engine_counters(url: str, headers: dict) -> dict[str, float]:
     return {name: values[name] for name in ENGINE_GAUGES}
 
 
-def split_run(url: str, model: str, engine_core: str, concurrency: int, requests: list, headers: dict) -> dict:
-    """One run at ``concurrency``, with the processes' own accounting around it."""
+def split_run(url: str, engine_core: str, level: dict, send_all, headers: dict) -> dict:
+    """One run (``send_all()`` returns its results and duration) with the processes'
+    own accounting around it; ``level`` names the concurrency or request rate."""
     before = engine_counters(url, headers)
-    results, duration = asyncio.run(run_concurrency(url, model, requests, concurrency, headers))
+    on_gpu = math.isnan(before["device_busy_seconds"])  # NaN: a real device, whose busy time NVML samples
+    busy = GpuBusySampler() if on_gpu else contextlib.nullcontext()
+    with busy:
+        results, duration = asyncio.run(send_all())
     time.sleep(0.2)  # the core's last step message (and its counters) reaches the server
     after = engine_counters(url, headers)
     delta = {name: after[name] - before[name] for name in ENGINE_GAUGES}
-    run = {"engine_core": engine_core, "concurrency": concurrency, **summarize(results, duration)}
+    run = {"engine_core": engine_core, **level, **summarize(results, duration)}
     output_tokens = sum(r.output_len for r in results if r.error is None)
-    run.update(device_busy_fraction=delta["device_busy_seconds"] / duration, engine_steps=int(delta["engine_steps"]),
+    run.update(device_busy_fraction=busy.fraction if on_gpu else delta["device_busy_seconds"] / duration,
+               engine_steps=int(delta["engine_steps"]),
                engine_cpu_ms_per_step=1e3 * delta["engine_cpu_seconds"] / max(1, delta["engine_steps"]),
                server_cpu_us_per_output_token=1e6 * delta["server_cpu_seconds"] / max(1, output_tokens),
                server_cpu_fraction=delta["server_cpu_seconds"] / duration,
@@ -336,7 +352,8 @@ def split_run(url: str, model: str, engine_core: str, concurrency: int, requests
 
 def print_split_run(run: dict) -> None:
     t, i = run["ttft_ms"], run["itl_ms"]
-    print(f"  {run['engine_core']:7s} x{run['concurrency']:<4d} busy {run['device_busy_fraction']:6.1%} "
+    level = f"x{run['concurrency']}" if "concurrency" in run else f"{run['request_rate']}/s"
+    print(f"  {run['engine_core']:7s} {level:>6s} busy {run['device_busy_fraction']:6.1%} "
           f"{run['output_throughput']:7.0f} out tok/s | ITL p50 {i['p50'] or 0:6.1f} p99 {i['p99'] or 0:7.1f} ms | "
           f"TTFT p50 {t['p50'] or 0:7.0f} p99 {t['p99'] or 0:7.0f} ms | engine {run['engine_cpu_ms_per_step']:5.2f} "
           f"CPU ms/step ({run['engine_cpu_fraction']:4.0%}) | server {run['server_cpu_us_per_output_token']:5.0f} "
@@ -347,21 +364,32 @@ def compare_engine_cores(args: argparse.Namespace, workload: ServingWorkload, he
                          on_run) -> None:
     """Both servers up at once (an idle one blocks on its queue); each level's rounds
     alternate which goes first."""
-    result["machine"] = f"this CPU ({result['environment']['cpu']}, {os.cpu_count()} cores) with a simulated NVIDIA H200"
-    result["concurrency"] = args.concurrency
+    if args.device == "sim":
+        result["machine"] = f"this CPU ({result['environment']['cpu']}, {os.cpu_count()} cores) with a simulated NVIDIA H200"
+    else:
+        result["machine"] = f"{result['environment']['gpu']} ({os.cpu_count()} CPU cores)"
+    result["concurrency"], result["request_rates"] = args.concurrency, [str(r) for r in args.request_rates or []]
     with LocalServer([*engine_argv(args), "--engine-core", "inproc"], args.startup_timeout) as inproc_url, \
             LocalServer([*engine_argv(args), "--engine-core", "process"], args.startup_timeout) as process_url:
         urls = {"inproc": inproc_url, "process": process_url}
         model = served_model(process_url, headers)
         for url in urls.values():  # warm-up
             asyncio.run(run_concurrency(url, model, workload.draw()[:4], 4, headers))
+        levels = []
         for concurrency in args.concurrency:
             requests = ServingWorkload(args.prompts_per_stream * concurrency, workload.input_len, workload.output_len,
                                        workload.max_token_id, workload.seed).draw()
+            levels.append(({"concurrency": concurrency},
+                           lambda url, r=requests, c=concurrency: run_concurrency(url, model, r, c, headers)))
+        requests = workload.draw()
+        for rate in args.request_rates or []:
+            levels.append(({"request_rate": rate if math.isfinite(rate) else "inf"},
+                           lambda url, r=rate: run_rate(url, model, requests, r, args.seed, headers)))
+        for level, send_all in levels:
             for round_ in range(args.rounds):
                 order = ("inproc", "process") if round_ % 2 == 0 else ("process", "inproc")
                 for engine_core in order:
-                    run = split_run(urls[engine_core], model, engine_core, concurrency, requests, headers)
+                    run = split_run(urls[engine_core], engine_core, level, lambda: send_all(urls[engine_core]), headers)
                     run["round"] = round_
                     print_split_run(run)
                     on_run(run)
@@ -385,8 +413,9 @@ def add_serve_bench_parser(modes) -> None:
     p.add_argument("--api-key", default=None)
     p.add_argument("--policies", type=lambda s: [x for x in s.split(",") if x], default=["fcfs", "sjf"],
                    help="scheduling policies to compare, one server each (default: fcfs,sjf)")
-    p.add_argument("--request-rates", type=_rates, default=[4, 8, 16, 32, math.inf],
-                   help="comma-separated mean request rates per second; inf sends all at once")
+    p.add_argument("--request-rates", type=_rates, default=None,
+                   help="comma-separated mean request rates per second; inf sends all at once (default: "
+                        "4,8,16,32,inf; none with --compare-engine-core)")
     p.add_argument("--num-prompts", type=int, default=200)
     p.add_argument("--input-len", type=_range, default=(16, 4096), help="prompt tokens, LOW:HIGH")
     p.add_argument("--output-len", type=_range, default=(32, 512), help="output tokens, LOW:HIGH")
@@ -394,7 +423,8 @@ def add_serve_bench_parser(modes) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--startup-timeout", type=float, default=900.0)
     p.add_argument("--compare-engine-core", action="store_true",
-                   help="single-process vs engine-core-process server at each --concurrency (needs --device sim)")
+                   help="single-process vs engine-core-process server at each --concurrency and --request-rates "
+                        "(--device sim, or a CUDA GPU with --num-kvcache-blocks)")
     p.add_argument("--concurrency", type=lambda s: [int(x) for x in s.split(",") if x], default=[8, 32, 64, 128, 256],
                    help="with --compare-engine-core: streams open at once, comma-separated")
     p.add_argument("--prompts-per-stream", type=int, default=2,
