@@ -13,7 +13,7 @@ STAMP = _build/.installed
 # The package's sources: when one changes, cached notebook executions are stale.
 PACKAGE_SOURCES = $(shell find tutorial_engine -name '*.py' -o -name '*.json' 2>/dev/null)
 
-.PHONY: install book test demo clean
+.PHONY: install book test demo clean catalogs
 
 install: $(STAMP)
 
@@ -44,6 +44,13 @@ test: $(STAMP)
 # Generate text from stories260K when ../shared is present, else from the package's small model.
 demo: $(STAMP)
 	$(PYTHON) -m tutorial_engine generate --prompt "Once upon a time" --max-tokens 40 --temperature 0
+
+# Translation catalogs: extract every page's messages (notebooks not executed: seconds), then
+# merge them into locales/zh_CN/LC_MESSAGES/*.po; new or changed paragraphs come back empty or fuzzy.
+catalogs: $(STAMP)
+	sed 's/execute_notebooks: cache/execute_notebooks: "off"/' _config.yml > _build/gettext_config.yml
+	$(JUPYTER_BOOK) build . --config _build/gettext_config.yml --builder custom --custom-builder gettext -q
+	$(PYTHON) -m sphinx_intl update -p _build/gettext -d locales -l zh_CN -w 0
 
 clean:
 	rm -rf _build
