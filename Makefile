@@ -20,7 +20,7 @@ install: $(STAMP)
 # The pinned CPU build of torch first: an unpinned torch pulls gigabytes of CUDA packages.
 $(STAMP): pyproject.toml
 	$(PIP) install -q torch==2.13.0
-	$(PIP) install -q -e ".[book,test,serve]"
+	$(PIP) install -q -e ".[book,test,serve,cluster]"
 	@mkdir -p $(dir $@) && touch $@
 
 # Jupyter Book caches executed notebooks (execute_notebooks: cache in _config.yml) and
