@@ -34,6 +34,17 @@ def test_match_is_the_longest_recorded_prefix_in_whole_blocks(sent, query):
     assert index.match(query) == expected
 
 
+def assert_prefix_closed(index):
+    """A replica listed on a block is listed on every block before it (the engine's cache
+    can only hold a block whose whole prefix it holds)."""
+    stack = list(index.root.children.values())
+    while stack:
+        node = stack.pop()
+        if node.parent is not index.root:
+            assert node.replicas <= node.parent.replicas
+        stack.extend(node.children.values())
+
+
 @settings(max_examples=200, deadline=None)
 @given(st.lists(st.tuples(st.sampled_from("ab"), prompts), max_size=16))
 def test_eviction_keeps_each_replica_within_capacity_and_drops_the_least_recent(sent):
@@ -41,6 +52,7 @@ def test_eviction_keeps_each_replica_within_capacity_and_drops_the_least_recent(
     for replica, tokens in sent:
         index.insert(replica, tokens)
         assert index.cached_tokens(replica) <= 6
+        assert_prefix_closed(index)
         # the prompt just sent is always fully recorded when it fits
         if len(tokens) // 2 * 2 <= 6 and len(tokens) >= 2:
             assert index.match(tokens).get(replica) == len(tokens) // 2 * 2
