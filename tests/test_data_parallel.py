@@ -18,7 +18,7 @@ from openai import OpenAI  # noqa: E402
 
 from tutorial_engine import LLM, SamplingParams  # noqa: E402
 from tutorial_engine.book.tiny import tiny_model_path  # noqa: E402
-from tutorial_engine.cluster.replica_set import APP_NAME, ReplicaSet, deploy  # noqa: E402
+from tutorial_engine.cluster.replica_set import ReplicaSet, deploy  # noqa: E402
 from tutorial_engine.config import EngineConfig  # noqa: E402
 from tutorial_engine.serving import ServerThread, build_app  # noqa: E402
 from tutorial_engine.serving.async_engine import EngineDeadError  # noqa: E402
@@ -43,8 +43,8 @@ def config():
     return EngineConfig(model=str(tiny_model_path()), device="cpu", dtype="float32", prefix_caching="radix")
 
 
-def replica_actor(replica_id: str):
-    return ray.get_actor(f"SERVE_REPLICA::{APP_NAME}#EngineReplica#{replica_id}", namespace="serve")
+def replica_actor(replicas: ReplicaSet, replica_id: str):
+    return ray.get_actor(f"SERVE_REPLICA::{replicas.app_name}#EngineReplica#{replica_id}", namespace="serve")
 
 
 async def generate(replicas: ReplicaSet, prompt, params: SamplingParams) -> str:
@@ -99,7 +99,7 @@ def test_a_killed_replica_ends_its_streams_with_an_error_and_is_replaced(cluster
             chunks = aiter(stream)
             await anext(chunks)  # it runs on some replica now
             (victim,) = replicas.requests_per_replica
-            ray.kill(replica_actor(victim), no_restart=True)
+            ray.kill(replica_actor(replicas, victim), no_restart=True)
             with pytest.raises(EngineDeadError, match="replica"):
                 async with asyncio.timeout(30):
                     async for _ in chunks:
@@ -111,13 +111,13 @@ def test_a_killed_replica_ends_its_streams_with_an_error_and_is_replaced(cluster
         assert asyncio.run(generate(replicas, PROMPTS[1], short))
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
-            running = serve.status().applications[APP_NAME].deployments["EngineReplica"].replica_states
+            running = serve.status().applications[replicas.app_name].deployments["EngineReplica"].replica_states
             if running.get("RUNNING", 0) == 2:
                 break
             time.sleep(0.5)
         assert running.get("RUNNING", 0) == 2, running
         with pytest.raises(ValueError):
-            replica_actor(victim)
+            replica_actor(replicas, victim)
     finally:
         replicas.shutdown()
 
@@ -128,7 +128,7 @@ def test_after_shutdown_no_replica_is_left(cluster, config):
     (replica_id,) = replicas.requests_per_replica
     replicas.shutdown()
     with pytest.raises(ValueError):
-        replica_actor(replica_id)
+        replica_actor(replicas, replica_id)
     with pytest.raises(EngineDeadError, match="shut down"):
         asyncio.run(generate(replicas, PROMPTS[0], SamplingParams(max_tokens=2)))
 

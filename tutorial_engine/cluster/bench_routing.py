@@ -10,7 +10,7 @@ followed by a user's own text, sent at a fixed mean rate (Poisson arrivals):
 - **one hot tenant**: the same, with one prefix taking half of all requests, which a
   router that only hashes prefixes to replicas would pin to one replica.
 
-Each workload runs against the same two replicas behind three routers: prefix affinity
+Each workload runs, in ``--rounds`` rounds that alternate their order, against two fresh replicas behind each of three routers: prefix affinity
 (``routing.PrefixAffinityPolicy``), Ray Serve's default power-of-two choices, and an
 oracle that splits the tenants evenly between the replicas in advance. Reported per
 run: the prefix-cache hit rate (cached prompt tokens / prompt tokens, as each request's
@@ -37,6 +37,7 @@ from ..bench.environment import environment
 from ..bench.models import architecture_folder
 from ..config import EngineConfig
 from ..sampling_params import SamplingParams
+from .routing import ROUTERS
 
 OUT = Path(__file__).resolve().parents[2] / "book" / "data" / "routing_sim.json"
 
@@ -144,14 +145,16 @@ def bench(args: argparse.Namespace) -> dict:
                                               workload.num_prefixes * workload.prefix_len}
         options = {"prefix_affinity": {"block_size": args.block_size, "capacity_tokens": capacity},
                    "power_of_two": None, "oracle": {"tenant_weights": workload.tenant_weights()}}
-        for router, router_options in options.items():
+        for round_, router in ((r, name) for r in range(args.rounds)
+                               for name in (ROUTERS if r % 2 == 0 else ROUTERS[::-1])):
+            router_options = options[router]
             replicas = ReplicaSet(deploy(config, args.replicas, router, router_options, cpus_per_replica=0.5), config)
             asyncio.run(run_requests(replicas, requests[:8], math.inf, 0))  # warm-up: the path, not the caches
             replicas.requests_per_replica.clear()
             run = asyncio.run(run_requests(replicas, requests, args.request_rate, workload.seed))
             loads = sorted(replicas.requests_per_replica.values(), reverse=True) + [0] * args.replicas
             loads = loads[:args.replicas]
-            run = {"workload": workload.name, "router": router, **run,
+            run = {"workload": workload.name, "router": router, "round": round_, **run,
                    "requests_per_replica": {f"replica-{i}": n for i, n in enumerate(loads)},
                    "load_max_over_mean": max(loads) / max(1e-9, float(np.mean(loads)))}
             replicas.shutdown()
@@ -170,6 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--block-size", type=int, default=16, help="tokens per KV page")
     p.add_argument("--num-requests", type=int, default=400)
     p.add_argument("--request-rate", type=float, default=40.0, help="mean requests per second (inf: all at once)")
+    p.add_argument("--rounds", type=int, default=2, help="rounds per workload; each alternates the routers' order")
     p.add_argument("--out", type=Path, default=OUT)
     args = p.parse_args(argv)
     result = bench(args)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import uuid
 from collections import Counter
 
 from ..config import EngineConfig
@@ -27,7 +28,7 @@ from ..serving.messages import EngineStats
 from .replica import EngineReplica, ReplicaInfo, ReplicaRequest
 from .routing import ROUTERS
 
-APP_NAME = "tutorial_engine"
+APP_PREFIX = "tutorial_engine"
 
 
 def deploy(config: EngineConfig, data_parallel_size: int, router: str = "prefix_affinity",
@@ -64,7 +65,11 @@ def deploy(config: EngineConfig, data_parallel_size: int, router: str = "prefix_
             request_router_class=EngineRequestRouter,
             request_router_kwargs={"router": router, **(router_options or {})})
     deployment = serve.deployment(EngineReplica, name="EngineReplica", **options)
-    return serve.run(deployment.bind(config), name=APP_NAME, route_prefix=None)
+    # A fresh application name per deployment: two servers on one cluster must not replace
+    # each other's replicas, and a process's handles share one router per name, so a
+    # redeployment under an old name would keep the old router.
+    app_name = f"{APP_PREFIX}-{uuid.uuid4().hex[:8]}"
+    return serve.run(deployment.bind(config), name=app_name, route_prefix=None)
 
 
 class ReplicaSet:
@@ -77,6 +82,7 @@ class ReplicaSet:
 
     def __init__(self, handle, config: EngineConfig) -> None:
         self.handle = handle
+        self.app_name: str = handle.app_name
         self.tokenizer = load_tokenizer(config.model)
         self.info: ReplicaInfo = handle.info.remote().result()
         self.max_model_len = self.info.max_model_len
@@ -149,4 +155,4 @@ class ReplicaSet:
         self._stopped = True
         for task in list(self._tasks.values()):
             task.cancel()
-        serve.delete(APP_NAME)
+        serve.delete(self.app_name)
