@@ -4,8 +4,8 @@ Ray Serve runs a deployment's request router in every process that holds a handl
 (here, the front end): for each request it calls ``choose_replicas`` with the replicas
 that can take one and the pending request (its arguments, a :class:`ReplicaRequest`),
 and sends the request to the least loaded replica of the first group returned. Ray's
-own pieces do the rest: queue-length probes (``_probe_queue_lens``, the same RPC its
-default power-of-two router uses), FIFO order (``FIFOMixin``), retries and replicas that
+own pieces do the rest: the replicas' queue lengths (its cache of what they reported,
+and ``_probe_queue_lens``, the RPC its default power-of-two router uses), FIFO order (``FIFOMixin``), retries and replicas that
 die. This class only turns a policy's choice into that answer; ``power_of_two`` needs no
 class at all (it is Ray Serve's default router).
 """
@@ -40,10 +40,24 @@ class EngineRequestRouter(FIFOMixin, RequestRouter):
             return [candidate_replicas]
         request = pending_request.args[0]
         by_id = {r.replica_id.unique_id: r for r in candidate_replicas}
-        loads = {r.replica_id.unique_id: (n if n is not None else 0)
-                 for r, n in await self._probe_queue_lens(candidate_replicas, 0)}
+        loads = await self._loads(candidate_replicas)
         policy = self._policy(tuple(sorted(by_id)))
         return [[by_id[policy.choose(request.prompt_token_ids, loads, request.tenant)]]]
+
+    async def _loads(self, replicas: list[RunningReplica]) -> dict[str, int]:
+        """Requests in flight per replica: from Ray's cache of the lengths replicas last
+        reported (fresh within seconds), probing only the replicas it has no entry for,
+        so routing adds no round trip in the common case."""
+        loads, missing = {}, []
+        for r in replicas:
+            n = self._replica_queue_len_cache.get(r.replica_id)
+            if n is None:
+                missing.append(r)
+            else:
+                loads[r.replica_id.unique_id] = n
+        for r, n in await self._probe_queue_lens(missing, 0) if missing else []:
+            loads[r.replica_id.unique_id] = n if n is not None else 0
+        return loads
 
     def _policy(self, replicas: tuple[str, ...]) -> RoutingPolicy:
         if self.policy is None or (isinstance(self.policy, OraclePolicy) and replicas != self.assigned_to):
