@@ -6,6 +6,8 @@ things in this book need a nudge:
 - Cell outputs are program output (tables, notes, numbers measured on this machine): they stay as
   they are in every edition, and keeping them out of the catalogs keeps a re-executed notebook
   from churning its page's catalog.
+- Anything inside an element of class `notranslate` (the glossary's zh-en term table, which is
+  bilingual in both editions) stays as written.
 - Glossary headwords stay English, because `{term}` references name them in English and Sphinx
   would otherwise file each term under its translated text; each definition names the Chinese term.
 - The sidebar's captions and the explicit titles of `_toc.yml` belong to toctrees that
@@ -32,14 +34,15 @@ _RENDERER = "nb_renderer"  # where myst-nb keeps a notebook's outputs and glue d
 
 
 class KeepOutputsUntranslated(SphinxTransform):
-    """Mark program output and glossary headwords untranslatable (so: not extracted either)."""
+    """Mark program output, `notranslate` elements and glossary headwords untranslatable (so: not
+    extracted either)."""
 
     default_priority = 5  # before Sphinx's Locale transform (20) reads the page
 
     def apply(self, **kwargs) -> None:
-        for output in self.document.findall(nodes.container):
-            if output.get("nb_element") == "cell_code_output":
-                for node in output.findall(nodes.Element):
+        for element in self.document.findall(nodes.Element):
+            if element.get("nb_element") == "cell_code_output" or "notranslate" in element["classes"]:
+                for node in element.findall(nodes.Element):
                     node["translatable"] = False
         for term in self.document.findall(nodes.term):
             term["translatable"] = False

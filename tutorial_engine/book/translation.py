@@ -113,8 +113,8 @@ def update_catalogs(root: Path = ROOT) -> None:
 
 # What a translation must carry over unchanged. A role with an explicit target keeps its target
 # and may translate its text ({ref}`Text <label>`); any other role, inline code and math verbatim.
-_ROLE = re.compile(r"\{[\w:.+-]+\}(`+)(.*?)\1", re.S)
-_CODE = re.compile(r"(`+)(.+?)\1", re.S)
+# One left-to-right scan, so that braces inside inline code never start a role.
+_ROLE_OR_CODE = re.compile(r"(\{[A-Za-z][\w:.+-]*\})?(`+)(.+?)\2", re.S)
 _MATH = re.compile(r"\$\$.+?\$\$|\$[^$\s](?:[^$]*?[^$\s])?\$", re.S)
 _LINK = re.compile(r"\]\(([^)\s]+)\)")
 _URL = re.compile(r"(?<![(<\w])https?://[^\s)>\]]+")
@@ -134,15 +134,13 @@ def protected(text: str) -> list[str]:
     """The pieces of a message its translation must keep: roles, code, math, link targets."""
     found = []
 
-    def role(match):
-        whole, body = match.group(0), match.group(2)
-        target = _TARGET.match(body)
-        name = whole[: whole.index("}") + 1]
-        found.append(f"{name}…<{target.group(2)}>" if target else whole)
+    def role_or_code(match):
+        name, body = match.group(1), match.group(3)
+        target = _TARGET.match(body) if name else None
+        found.append(f"{name}…<{target.group(2)}>" if target else match.group(0))
         return " "
 
-    rest = _ROLE.sub(role, text)
-    rest = _CODE.sub(lambda m: found.append(m.group(0)) or " ", rest)
+    rest = _ROLE_OR_CODE.sub(role_or_code, text)
     found += _MATH.findall(rest) + [f"({u})" for u in _LINK.findall(rest)] + _URL.findall(rest)
     return found
 
@@ -156,7 +154,7 @@ def _kept(piece: str, translation: str) -> bool:
 
 def _prose_words(text: str) -> list[str]:
     """English words outside roles, code, math and links, minus names that stay English."""
-    rest = _URL.sub(" ", _LINK.sub("] ", _MATH.sub(" ", _CODE.sub(" ", _ROLE.sub(" ", text)))))
+    rest = _URL.sub(" ", _LINK.sub("] ", _MATH.sub(" ", _ROLE_OR_CODE.sub(" ", text))))
     words = re.findall(r"[A-Za-z][A-Za-z'-]*[A-Za-z]", rest)
     return [w for w in words if w.lower() not in KEEP_ENGLISH]
 
