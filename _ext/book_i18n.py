@@ -15,8 +15,8 @@ things in this book need a nudge:
   and translated here.
 
 And a `{glue:text}` inside a translated paragraph is parsed in a fresh document that lacks the
-notebook's glue data; the glue roles here lend it the page's data, so the Chinese edition pastes
-the same measured figures as the English one.
+notebook's glue data; the glue roles here lend it the page's (the English paragraph has the same
+role), so the Chinese edition pastes the same measured figures as the English one.
 """
 
 from __future__ import annotations
@@ -48,24 +48,25 @@ class KeepOutputsUntranslated(SphinxTransform):
             term["translatable"] = False
 
 
-class LendGlueData(SphinxTransform):
-    """Remember the page's glue data for the translated paragraphs parsed next."""
-
-    default_priority = 19  # just before Locale (20), which parses each translation
-
-    def apply(self, **kwargs) -> None:
-        self.env.temp_data[_RENDERER] = self.document.get(_RENDERER)
-
-
 def _lending(role_class):
-    """A glue role that, in a translated paragraph, reads the page's glue data."""
+    """A glue role that remembers the page's notebook renderer (myst-nb keeps it on the document
+    only while parsing the page) and lends it to the translated paragraphs parsed later."""
 
     class Role(role_class):
         def run(self):
-            lent = self.document.settings.env.temp_data.get(_RENDERER)
-            if _RENDERER not in self.document and lent is not None:
-                self.document[_RENDERER] = lent
-            return super().run()
+            remembered = self.document.settings.env.temp_data  # cleared for every page
+            if _RENDERER in self.document:
+                remembered[_RENDERER] = self.document[_RENDERER]
+                return super().run()
+            if _RENDERER not in remembered:
+                return super().run()
+            # Lent for this role only: the translated nodes keep a reference to their document,
+            # which must stay picklable.
+            self.document[_RENDERER] = remembered[_RENDERER]
+            try:
+                return super().run()
+            finally:
+                del self.document[_RENDERER]
 
     Role.__name__ = role_class.__name__
     return Role
@@ -101,7 +102,6 @@ class TranslateToctrees(SphinxTransform):
 
 def setup(app):
     app.add_transform(KeepOutputsUntranslated)
-    app.add_transform(LendGlueData)
     app.add_transform(TranslateToctrees)
     app.add_domain(GlueDomain, override=True)
     return {"parallel_read_safe": True, "parallel_write_safe": True}
