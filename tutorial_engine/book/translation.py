@@ -31,6 +31,9 @@ ZH_OVERRIDES = {
     "language": LANGUAGE,
     "html_title": "推理引擎：构建与测量",
     "html_theme_options": {"search_bar_text": "搜索本书……"},
+    # the book folds only cells' sources (hide-input), so "code" says it all
+    "nb_code_prompt_show": "显示代码",
+    "nb_code_prompt_hide": "隐藏代码",
 }
 
 
