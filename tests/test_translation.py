@@ -156,6 +156,9 @@ def test_a_translation_that_keeps_every_role_passes(potdir, tmp_path):
         ("An [index](#anchor) entry.", "一个[索引](#other)条目。", False, ["drops (#anchor)"]),
         ("Two `a` and `a` again.", "两个 `a`。", False, ["drops `a`"]),
         ("One `data: {...}` line.", "一行 `data: {...}`。", False, []),  # braces in code: no role
+        ("**Chapters** run.", "**章节**（左侧）运行。", False, []),
+        ("The **source** is it.", "**“出处”**指它。", False, ["bold or italic"]),  # stays literal **
+        ("*widely repeated* marks", "广泛流传 表示", False, ["bold or italic"]),
     ],
 )
 def test_message_rules(msgid, msgstr, fuzzy, expected):

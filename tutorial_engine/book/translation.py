@@ -162,6 +162,15 @@ def _prose_words(text: str) -> list[str]:
     return [w for w in words if w.lower() not in KEEP_ENGLISH]
 
 
+def _emphasis(text: str) -> tuple[int, int]:
+    """Bold and italic spans as Markdown renders them. A marker glued to Chinese punctuation on the
+    wrong side (`**“出处”**指`) stays literal asterisks, so counting rendered spans catches it."""
+    from markdown_it import MarkdownIt
+
+    html = MarkdownIt("commonmark").renderInline(text)
+    return html.count("<strong>"), html.count("<em>")
+
+
 def message_problems(msgid: str, msgstr: str, fuzzy: bool) -> list[str]:
     """What is wrong with one translated message (nothing: an empty list)."""
     if not msgstr:
@@ -177,12 +186,14 @@ def message_problems(msgid: str, msgstr: str, fuzzy: bool) -> list[str]:
             lost = msgstr.count(piece) < pieces.count(piece)
         if lost:
             problems.append(f"drops {piece}")
+    if _emphasis(msgstr) != _emphasis(msgid):
+        problems.append("bold or italic lost or broken (check the ** and * markers)")
     return problems
 
 
 def check(potdir: Path, locale_dir: Path) -> dict[str, list[str]]:
     """For each page, its problems: messages missing from its catalog, untranslated, fuzzy,
-    copied through, or that lost a role, a reference, inline code or math of the English."""
+    copied through, or that lost a role, a reference, inline code, math or emphasis of the English."""
     from babel.messages.pofile import read_po
 
     report = {}
