@@ -105,7 +105,10 @@ def update_catalogs(root: Path = ROOT) -> None:
     """Extract the messages and merge them into locales/zh_CN (new ones empty, changed ones fuzzy)."""
     from sphinx_intl.basic import update
 
-    potdir = extract(root, root / "_build" / "gettext", root / "_build" / "gettext.doctrees")
+    # A folder of its own: the doctrees and myst-nb's jupyter_execute/ (beside the output) of an
+    # extraction from stored outputs must not mix with the book's.
+    work = root / "_build" / "gettext"
+    potdir = extract(root, work / "pot", work / ".doctrees")
     # sphinx-intl rewrites a catalog only when its set of messages changed, so an unchanged page
     # keeps its file (and its header dates) untouched; line width 0: one line per message; messages
     # a page lost are dropped, not kept as obsolete entries (git keeps them).
