@@ -25,7 +25,6 @@ import tempfile
 from pathlib import Path
 
 LANGUAGE = "zh_CN"
-ROOT = Path(__file__).resolve().parents[2]
 # Settings the Chinese edition changes; everything else comes from _config.yml.
 ZH_OVERRIDES = {
     "language": LANGUAGE,
@@ -39,7 +38,8 @@ ZH_OVERRIDES = {
 
 def sphinx_build(root: Path, builder: str, outdir: Path, doctreedir: Path, overrides: dict,
                  strict: bool = True, quiet: bool = False) -> int:
-    """Jupyter Book's own build (its _config.yml and _toc.yml), to any folder, with overrides."""
+    """Jupyter Book's own build (its _config.yml and _toc.yml), to any folder, with overrides;
+    0 when it succeeded."""
     from jupyter_book.sphinx import build_sphinx
 
     overrides = {
@@ -49,10 +49,11 @@ def sphinx_build(root: Path, builder: str, outdir: Path, doctreedir: Path, overr
         "nitpicky": True,
         **overrides,
     }
-    return build_sphinx(root, outdir, noconfig=True, path_config=str(root / "_config.yml"),
-                        confoverrides=overrides, doctreedir=doctreedir, builder=builder,
-                        warningiserror=strict, keep_going=strict, quiet=quiet,
-                        really_quiet=quiet)
+    status = build_sphinx(root, outdir, noconfig=True, path_config=str(root / "_config.yml"),
+                          confoverrides=overrides, doctreedir=doctreedir, builder=builder,
+                          warningiserror=strict, keep_going=strict, quiet=quiet,
+                          really_quiet=quiet)
+    return status if isinstance(status, int) else 1  # an exception, already reported
 
 
 # --- the Chinese edition ---------------------------------------------------------------------
@@ -66,7 +67,7 @@ def _cache_records(cache: Path) -> set[tuple[int, str]]:
     return {(r.pk, str(r.created)) for r in get_cache(cache).list_cache_records()}
 
 
-def build(root: Path = ROOT) -> int:
+def build(root: Path) -> int:
     """Build the Chinese edition into _build/html/zh_CN from the English build's executions."""
     cache = root / "_build" / ".jupyter_cache"  # where the English build (myst-nb's default) keeps them
     before = _cache_records(cache)
@@ -101,7 +102,7 @@ def extract(root: Path, potdir: Path, doctreedir: Path) -> Path:
     return potdir
 
 
-def update_catalogs(root: Path = ROOT) -> None:
+def update_catalogs(root: Path) -> None:
     """Extract the messages and merge them into locales/zh_CN (new ones empty, changed ones fuzzy)."""
     from sphinx_intl.basic import update
 
