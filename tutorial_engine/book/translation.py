@@ -62,14 +62,16 @@ def sphinx_build(root: Path, builder: str, outdir: Path, doctreedir: Path, overr
 def _cache_records(cache: Path) -> set[tuple[int, str]]:
     from jupyter_cache import get_cache
 
-    if not cache.exists():
-        return set()
     return {(r.pk, str(r.created)) for r in get_cache(cache).list_cache_records()}
 
 
 def build(root: Path) -> int:
     """Build the Chinese edition into _build/html/zh_CN from the English build's executions."""
     cache = root / "_build" / ".jupyter_cache"  # where the English build (myst-nb's default) keeps them
+    if not cache.exists():
+        print("error: no executed notebooks to reuse: build the English edition first (`make book`)",
+              file=sys.stderr)
+        return 1
     before = _cache_records(cache)
     # Its own folder, so that myst-nb's jupyter_execute/ and the doctrees stay out of the English
     # site; then copied under it, so that the two editions are one site with relative links.
