@@ -8,6 +8,7 @@ things in this book need a nudge:
   from churning its page's catalog.
 - Anything inside an element of class `notranslate` (the glossary's zh-en term table, which is
   bilingual in both editions) stays as written.
+- Display math (`$$ ... $$`) is notation, the same in every language.
 - Glossary headwords stay English, because `{term}` references name them in English and Sphinx
   would otherwise file each term under its translated text; each definition names the Chinese term.
 - The sidebar's captions and the explicit titles of `_toc.yml` belong to toctrees that
@@ -34,8 +35,8 @@ _RENDERER = "nb_renderer"  # where myst-nb keeps a notebook's outputs and glue d
 
 
 class KeepOutputsUntranslated(SphinxTransform):
-    """Mark program output, `notranslate` elements and glossary headwords untranslatable (so: not
-    extracted either)."""
+    """Mark program output, `notranslate` elements, display math and glossary headwords
+    untranslatable (so: not extracted either)."""
 
     default_priority = 5  # before Sphinx's Locale transform (20) reads the page
 
@@ -44,8 +45,8 @@ class KeepOutputsUntranslated(SphinxTransform):
             if element.get("nb_element") == "cell_code_output" or "notranslate" in element["classes"]:
                 for node in element.findall(nodes.Element):
                     node["translatable"] = False
-        for term in self.document.findall(nodes.term):
-            term["translatable"] = False
+        for node in (*self.document.findall(nodes.term), *self.document.findall(nodes.math_block)):
+            node["translatable"] = False
 
 
 def _lending(role_class):
