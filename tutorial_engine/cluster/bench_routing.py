@@ -139,7 +139,7 @@ def bench(args: argparse.Namespace) -> dict:
               "setup": {"replicas": args.replicas, "kv_capacity_tokens": capacity, "block_size": args.block_size,
                         "request_rate": args.request_rate if math.isfinite(args.request_rate) else "inf"},
               "workloads": {}, "runs": []}
-    for workload in workloads(capacity, args.num_requests):
+    for workload in [w for w in workloads(capacity, args.num_requests) if w.name in args.workloads]:
         requests = workload.draw()
         result["workloads"][workload.name] = {**asdict(workload), "working_set_tokens":
                                               workload.num_prefixes * workload.prefix_len}
@@ -173,6 +173,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--block-size", type=int, default=16, help="tokens per KV page")
     p.add_argument("--num-requests", type=int, default=400)
     p.add_argument("--request-rate", type=float, default=40.0, help="mean requests per second (inf: all at once)")
+    p.add_argument("--workloads", type=lambda text: text.split(","), default=["many_tenants", "one_hot_tenant"],
+                   help="comma-separated: many_tenants, one_hot_tenant")
     p.add_argument("--rounds", type=int, default=2, help="rounds per workload; each alternates the routers' order")
     p.add_argument("--out", type=Path, default=OUT)
     args = p.parse_args(argv)
