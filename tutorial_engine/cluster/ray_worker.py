@@ -41,9 +41,10 @@ REPORT_GRACE_S = 1.0  # a failed worker lives this long after failing, so its tr
 
 @dataclass(frozen=True)
 class Placement:
-    """Where Ray started a rank: node id and IP, process id, and GPU ids
-    (the ones Ray reserved for this actor; empty on a CPU)."""
+    """Where Ray started a rank: the actor's id, its node's id and IP, its process id,
+    and the GPU ids Ray reserved for it (empty on a CPU)."""
 
+    actor_id: str
     node_id: str
     node_ip: str
     pid: int
@@ -63,7 +64,8 @@ class RayWorker:
     def placement(self) -> Placement:
         import ray  # only ever called inside a Ray actor
 
-        return Placement(ray.get_runtime_context().get_node_id(), ray.util.get_node_ip_address(), os.getpid(),
+        context = ray.get_runtime_context()
+        return Placement(context.get_actor_id(), context.get_node_id(), ray.util.get_node_ip_address(), os.getpid(),
                          tuple(str(gpu) for gpu in ray.get_gpu_ids()))
 
     def setup(self, args: WorkerArgs, master_addr: str) -> int:
