@@ -14,7 +14,7 @@ the order one caller sent them, so plans arrive in step order):
 * :meth:`placement` -- where Ray put the actor (node, pid, GPU);
 * :meth:`setup` -- join the process group and build the rank's runner; returns its
   number of KV blocks;
-* :meth:`execute` -- launch one step; returns nothing (rank 0 samples);
+* :meth:`execute` -- launch one step (a pickled plan); returns nothing (rank 0 samples);
 * :meth:`watch`, in a concurrency group of its own so it runs beside the others:
   returns only when the worker fails, with the traceback. Its result is rank 0's
   "is this rank still alive?" signal: it fails with Ray's ActorDiedError when the
@@ -24,6 +24,7 @@ the order one caller sent them, so plans arrive in step order):
 from __future__ import annotations
 
 import os
+import pickle
 import threading
 import time
 import traceback
@@ -33,7 +34,6 @@ import torch
 
 from ..distributed import init_tensor_parallel
 from ..model_runner import ModelRunner
-from ..step_plan import StepPlan
 from ..tp_worker import WorkerArgs
 
 REPORT_GRACE_S = 1.0  # a failed worker lives this long after failing, so its traceback can reach rank 0
@@ -82,10 +82,11 @@ class RayWorker:
         except BaseException:
             self._fail()
 
-    def execute(self, plan: StepPlan) -> None:
-        """Launch ``plan`` on this rank's shard, meeting the other ranks in its collectives."""
+    def execute(self, message: bytes) -> None:
+        """Launch the pickled :class:`~tutorial_engine.step_plan.StepPlan` ``message`` on
+        this rank's shard, meeting the other ranks in its collectives."""
         try:
-            self.runner.launch(plan)
+            self.runner.launch(pickle.loads(message))
         except BaseException:
             self._fail()
 
