@@ -65,7 +65,7 @@ def token_ids(outputs: list[dict]) -> list[list[int]]:
 def engine_ranks(llm: LLM) -> tuple[list, str]:
     """The placements of the engine's worker actors and its placement group's id."""
     executor = llm.engine.executor
-    return [w.placement for w in executor.workers], executor._ranks.placement_group.id.hex()
+    return [w.placement for w in executor.workers], executor.placement_group.id.hex()
 
 
 def assert_released(placements: list, pg_id: str, timeout: float = 30.0) -> None:
@@ -170,7 +170,7 @@ SCRIPT = textwrap.dedent("""
         llm.generate("Hello", SamplingParams(max_tokens=4), use_tqdm=False)
         executor = llm.engine.executor
         print(executor.workers[0].placement.actor_id, executor.workers[0].placement.pid,
-              executor._ranks.placement_group.id.hex(), flush=True)
+              executor.placement_group.id.hex(), flush=True)
         if sys.argv[3] == "wait":
             time.sleep(600)
 """)

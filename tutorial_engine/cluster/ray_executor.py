@@ -158,6 +158,12 @@ class RayTensorParallelExecutor:
     def num_kvcache_blocks(self) -> int:
         return self.runner.num_kvcache_blocks
 
+    @property
+    def placement_group(self):
+        """The ranks' placement group (``ray.util.placement_group.PlacementGroup``), or
+        None once the executor stopped."""
+        return self._ranks.placement_group
+
     def execute(self, plan: StepPlan) -> StepResult:
         """Send ``plan`` to every worker actor, run it on rank 0, return rank 0's result.
 
@@ -253,7 +259,7 @@ def start_actor(ray, pg, rank: int, on_gpu: bool) -> WorkerActor:
     resources = dict(num_cpus=0, num_gpus=1) if on_gpu else dict(num_cpus=1)
     actor = ray.remote(concurrency_groups={"watch": 1})(RayWorker).options(
         scheduling_strategy=PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=rank),
-        max_restarts=0, **resources).remote()
+        max_restarts=0, **resources).remote()  # a restarted rank would have lost its shard and its process group
     return WorkerActor(rank, actor, actor.watch.options(concurrency_group="watch").remote())
 
 
