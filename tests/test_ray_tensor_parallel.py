@@ -30,7 +30,6 @@ import pytest
 from tutorial_engine import LLM, SamplingParams
 from tutorial_engine.config import EngineConfig
 from tutorial_engine.executor import InProcessExecutor
-from tutorial_engine.serving.cli import add_engine_arguments, engine_options
 
 from reference import hf_greedy
 
@@ -197,6 +196,8 @@ def test_no_actor_outlives_the_engine_process(cluster, tiny_checkpoints, tmp_pat
 
 
 def test_one_rank_runs_in_process_without_ray_and_bad_names_are_refused(tiny_checkpoints):
+    from tutorial_engine.serving.cli import add_engine_arguments, engine_options
+
     path = str(tiny_checkpoints["qwen3"])
     llm = LLM(path, distributed_executor_backend="ray", **OPTIONS)  # no worker to place: nothing for Ray to do
     assert isinstance(llm.engine.executor, InProcessExecutor)

@@ -131,7 +131,10 @@ class RayTensorParallelExecutor:
             pg = self._ranks.placement_group = reserve_bundles(ray, world_size, on_gpu)
             actors = [start_actor(ray, pg, rank, on_gpu) for rank in range(0 if on_gpu else 1, world_size)]
             self._ranks.actors.extend(actors)
-            placements = ray.get([a.actor.placement.remote() for a in actors], timeout=STARTUP_TIMEOUT_S)
+            try:
+                placements = ray.get([a.actor.placement.remote() for a in actors], timeout=STARTUP_TIMEOUT_S)
+            except ray.exceptions.GetTimeoutError:
+                raise RuntimeError(f"the worker actors did not start within {STARTUP_TIMEOUT_S:.0f} s") from None
             for actor, placement in zip(actors, placements):
                 actor.placement = placement
             self.workers = [a for a in actors if a.rank > 0]
@@ -280,7 +283,7 @@ def stop_ranks(ranks: RayRanks) -> None:
     import ray
 
     if ray.is_initialized():  # else Ray has shut down, and with it this job's actors
-        for worker in ranks.actors:
+        for worker in ranks.actors:  # removing the group would kill them too; say it outright
             ray.kill(worker.actor, no_restart=True)
         if ranks.actors:
             ray.wait([w.watch for w in ranks.actors], num_returns=len(ranks.actors), timeout=STOP_WAIT_S)
