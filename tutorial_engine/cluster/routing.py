@@ -97,7 +97,7 @@ class PrefixAffinityPolicy:
             if best < self.cache_threshold * len(token_ids):
                 replica = min(loads, key=lambda r: (self.index.cached_tokens(r), loads[r]))
             else:
-                replica = least_loaded(loads, [r for r, n in matched.items() if n == best])
+                replica = least_loaded(loads, [r for r in loads if matched.get(r, 0) == best])  # in loads' order
         self.index.insert(replica, token_ids)
         return replica
 
