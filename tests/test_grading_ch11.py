@@ -60,7 +60,7 @@ def _always_least_loaded(matched, loads, abs_threshold, rel_threshold):
 WRONG = {
     "ch11.hit_rates": [_suffix_cached_too, _unsorted, _affinity_no_better, _blind_sees_whole_cluster],
     "ch11.replicas": [_offered_not_achieved, _ignores_the_bound, _rounds_down],
-    "ch11.route": [_always_longest_match, _absolute_test_only, _always_least_loaded],
+    "ch11.fallback": [_always_longest_match, _absolute_test_only, _always_least_loaded],
 }
 
 

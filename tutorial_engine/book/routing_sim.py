@@ -61,10 +61,13 @@ def tenant_workload(num_tenants: int = 48, prefix_len: int = 512, zipf_exponent:
 @dataclass(frozen=True)
 class SimResult:
     """Prompt tokens found in the chosen replica's cache over all prompt tokens; requests
-    sent to each replica, and the largest count over the mean."""
+    sent to each replica, and the largest count over the mean. ``routed``: per request,
+    (tenant, replica, cached tokens, prompt tokens); ``caches``: the replicas' caches at the end."""
 
     hit_rate: float
     requests_per_replica: dict[str, int]
+    routed: list[tuple[str, str, int, int]]
+    caches: PrefixIndex
 
     @property
     def load_max_over_mean(self) -> float:
@@ -86,6 +89,7 @@ def simulate(policy, workload: Workload, replicas: Sequence[str], capacity_token
     sent = {r: 0 for r in replicas}
     in_flight: list[tuple[float, str]] = []  # (time it finishes, replica)
     cached = prompt = 0
+    routed = []
     for now, (tenant, tokens) in enumerate(workload.requests):
         while in_flight and in_flight[0][0] <= now:
             loads[heapq.heappop(in_flight)[1]] -= 1
@@ -93,7 +97,8 @@ def simulate(policy, workload: Workload, replicas: Sequence[str], capacity_token
         hit = caches.match(tokens).get(replica, 0)
         caches.insert(replica, tokens)
         cached, prompt = cached + hit, prompt + len(tokens)
+        routed.append((tenant, replica, hit, len(tokens)))
         sent[replica] += 1
         loads[replica] += 1
         heapq.heappush(in_flight, (now + service(len(tokens) - hit), replica))
-    return SimResult(cached / prompt, sent)
+    return SimResult(cached / prompt, sent, routed, caches)

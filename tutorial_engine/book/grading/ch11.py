@@ -117,7 +117,7 @@ replicas = Task(
 )
 
 fallback = Task(
-    "ch11.route", route, _route_case,
+    "ch11.fallback", route, _route_case,
     hint_text="First the balance test: busiest − idlest > abs_threshold AND busiest > rel_threshold × idlest; if "
               "both hold, the idlest replica wins. Otherwise take the longest match (a replica missing from "
               "`matched` matched 0 tokens); on a tie prefer the smaller load, then the name that sorts first.",
