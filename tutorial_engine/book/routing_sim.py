@@ -11,8 +11,9 @@ per arrival; a request stays in flight for ``service(uncached tokens)`` units, a
 replica's load is the number of its requests in flight, as the router sees it.
 
 No model and no timing of real hardware: it shows what a policy does to the hit rate and
-to the spread of requests, in a fraction of a second. The chapter's measurement (the
-benchmark over HTTP with simulated devices) is what gives latencies.
+to the spread of requests, in a fraction of a second. The chapter's measurement (two Ray
+Serve replicas of the simulated H200, ``python -m tutorial_engine.cluster.bench_routing``)
+is what gives latencies.
 """
 
 from __future__ import annotations
