@@ -92,10 +92,12 @@ def test_power_of_two_sends_to_the_less_loaded_of_two():
 
 
 def test_oracle_splits_traffic_evenly_and_keeps_tenants_in_place():
-    policy = OraclePolicy.even_split({"t0": 0.5, "t1": 0.2, "t2": 0.2, "t3": 0.1}, ["a", "b"])
-    traffic = {"a": 0.0, "b": 0.0}
-    for tenant, weight in {"t0": 0.5, "t1": 0.2, "t2": 0.2, "t3": 0.1}.items():
+    weights = {"t0": 0.4, "t1": 0.3, "t2": 0.2, "t3": 0.1}
+    policy = OraclePolicy.even_split(weights, ["a", "b"])
+    traffic, prefixes = {"a": 0.0, "b": 0.0}, {"a": 0, "b": 0}
+    for tenant, weight in weights.items():
         traffic[policy.assignment[tenant]] += weight
-    assert traffic == pytest.approx({"a": 0.5, "b": 0.5})
+        prefixes[policy.assignment[tenant]] += 1
+    assert traffic == pytest.approx({"a": 0.5, "b": 0.5}) and prefixes == {"a": 2, "b": 2}
     assert policy.choose([1], {"a": 9, "b": 0}, tenant="t0") == policy.assignment["t0"]
     assert policy.choose([1], {"a": 9, "b": 0}, tenant="unknown") == "b"

@@ -14,9 +14,9 @@ request's tenant, and names a replica. They differ in what they optimise:
   prefixes spread by cache size); and when the loads drift apart beyond both an
   absolute and a relative threshold, the least loaded replica takes the request
   whatever its cache holds.
-- :class:`OraclePolicy`: the upper bound the benchmark compares with. It knows each
+- :class:`OraclePolicy`: the reference the benchmark compares with. It knows each
   request's tenant and the tenants' traffic shares in advance and splits the tenants
-  between replicas so that traffic is even (longest-processing-time-first packing).
+  evenly between the replicas: the same number of prefixes each, traffic nearly even.
 """
 
 from __future__ import annotations
@@ -112,15 +112,13 @@ class OraclePolicy:
 
     @classmethod
     def even_split(cls, tenant_weights: Mapping[str, float], replicas: Sequence[str]) -> OraclePolicy:
-        """Heaviest tenant first, each to the replica with the least traffic so far
-        (Graham's LPT rule: within 4/3 of the best possible maximum)."""
-        traffic = dict.fromkeys(replicas, 0.0)
-        assignment = {}
-        for tenant, weight in sorted(tenant_weights.items(), key=lambda kv: -kv[1]):
-            replica = min(replicas, key=lambda r: traffic[r])
-            assignment[tenant] = replica
-            traffic[replica] += weight
-        return cls(assignment)
+        """Tenants dealt to replicas in snake order of traffic (heaviest first: 0, 1, 1, 0,
+        0, 1, ...): each replica gets the same number of prefixes to cache, and nearly
+        the same traffic."""
+        ranked = sorted(tenant_weights, key=lambda t: -tenant_weights[t])
+        n = len(replicas)
+        return cls({tenant: replicas[i % n if (i // n) % 2 == 0 else n - 1 - i % n]
+                    for i, tenant in enumerate(ranked)})
 
     def choose(self, token_ids: Sequence[int], loads: Mapping[str, int], tenant: str | None = None) -> str:
         replica = self.assignment.get(tenant) if tenant is not None else None

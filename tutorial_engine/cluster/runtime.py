@@ -31,7 +31,9 @@ def connect(address: str | None = None, *, num_cpus: int | None = None):
     ray = require_ray()
     if ray.is_initialized():
         return ray
-    address = address or os.environ.get("RAY_ADDRESS") or None
-    ray.init(address=address, num_cpus=None if address else num_cpus, include_dashboard=False,
+    address = address or os.environ.get("RAY_ADDRESS")
+    # "local": always a new instance (a bare ray.init() would join whatever cluster a
+    # `ray start` left recorded in /tmp/ray, even a dead one).
+    ray.init(address=address or "local", num_cpus=None if address else num_cpus, include_dashboard=False,
              logging_level="WARNING", log_to_driver=False)
     return ray

@@ -95,6 +95,12 @@ def add_serve_parser(subparsers) -> None:
     p.add_argument("--engine-core", choices=ENGINE_CORES, default="process",
                    help="process: the engine loop in its own process, over ZeroMQ (default); inproc: in a thread "
                         "of the server's process (the single-process server, for comparison)")
+    p.add_argument("--data-parallel-size", type=int, default=1,
+                   help="engine replicas on Ray Serve behind this endpoint, each with its own KV and prefix cache "
+                        "(needs the cluster extra; joins RAY_ADDRESS if set, else starts a local Ray instance)")
+    p.add_argument("--router", choices=("prefix_affinity", "power_of_two"), default="prefix_affinity",
+                   help="with --data-parallel-size > 1: send each request to the replica caching the longest "
+                        "prefix of it (SGLang's rule), or Ray Serve's default power-of-two choices")
     p.add_argument("--log-level", default="info")
     p.set_defaults(func=run_serve)
 
@@ -113,7 +119,9 @@ def make_app(args: argparse.Namespace):
     limits = ServerLimits(args.max_body_bytes, args.max_stop_strings, args.max_stop_length)
     template = Path(args.chat_template).read_text() if args.chat_template else None
     config = EngineConfig(model=model, **engine_options(args))
-    if args.engine_core == "process":
+    if args.data_parallel_size > 1:
+        engine = replica_set(args, config)
+    elif args.engine_core == "process":
         engine = AsyncLLM(config, args.max_queued_requests)
     else:
         engine = AsyncEngine(engine_module.LLMEngine(config), args.max_queued_requests)
@@ -122,6 +130,17 @@ def make_app(args: argparse.Namespace):
     name = args.served_model_name or Path(model).name
     app = build_app(engine, name, args.api_key, limits=limits)
     return app, name
+
+
+def replica_set(args: argparse.Namespace, config):
+    """``--data-parallel-size`` replicas on Ray Serve, and the front end's handle on them."""
+    from ..cluster.replica_set import ReplicaSet, deploy
+
+    if args.max_queued_requests is not None:
+        raise ValueError("--max-queued-requests bounds one engine's queue; with --data-parallel-size each replica "
+                         "queues on its own: drop --max-queued-requests.")
+    handle = deploy(config, args.data_parallel_size, args.router, {"block_size": config.kvcache_block_size})
+    return ReplicaSet(handle, config)
 
 
 def run_serve(args: argparse.Namespace) -> int:
