@@ -10,8 +10,11 @@ PIP = $(PYTHON) -m pip
 # jupyter-book 1.x has no `python -m jupyter_book`; call its CLI with this interpreter.
 JUPYTER_BOOK = $(PYTHON) -c "from jupyter_book.cli.main import main; main()"
 STAMP = _build/.installed
-# The package's sources: when one changes, cached notebook executions are stale.
-PACKAGE_SOURCES = $(shell find tutorial_engine -name '*.py' -o -name '*.json' 2>/dev/null)
+# The package's sources: when one changes, cached notebook executions are stale (the translation
+# tooling, which no notebook imports, excepted).
+PACKAGE_SOURCES = $(filter-out tutorial_engine/book/translation.py,\
+  $(shell find tutorial_engine -name '*.py' -o -name '*.json' 2>/dev/null))
+TRANSLATION = $(PYTHON) -m tutorial_engine.book.translation
 
 .PHONY: install book test demo clean catalogs
 
@@ -28,13 +31,15 @@ $(STAMP): pyproject.toml
 # package changes, since notebook outputs depend on it, and Sphinx's saved environment,
 # which would otherwise keep the pages of notebooks whose own file did not change.
 _build/.package-stamp: $(PACKAGE_SOURCES) | $(STAMP)
-	rm -rf _build/.jupyter_cache _build/.doctrees
+	rm -rf _build/.jupyter_cache _build/.doctrees _build/zh_CN/.doctrees
 	@mkdir -p $(dir $@) && touch $@
 
-# Main job: build the book, executing its notebooks on the CPU with the package's small model.
+# Main job: build the book, executing its notebooks on the CPU with the package's small model,
+# then its Chinese edition into _build/html/zh_CN from the same executions (none run twice).
 book: $(STAMP) _build/.package-stamp
 	$(JUPYTER_BOOK) build . -W -n --keep-going
 	@echo "Book built: $(CURDIR)/_build/html/index.html"
+	$(TRANSLATION) build
 
 # The whole test suite: unit tests (tests/test_exercises.py includes the exercise drift check) and
 # every book and solution notebook re-executed and compared with its stored outputs (nbval).
@@ -47,10 +52,9 @@ demo: $(STAMP)
 
 # Translation catalogs: extract every page's messages (notebooks not executed: seconds), then
 # merge them into locales/zh_CN/LC_MESSAGES/*.po; new or changed paragraphs come back empty or fuzzy.
+# Then translate the empty and fuzzy messages (`$(TRANSLATION) check` lists them).
 catalogs: $(STAMP)
-	sed 's/execute_notebooks: cache/execute_notebooks: "off"/' _config.yml > _build/gettext_config.yml
-	$(JUPYTER_BOOK) build . --config _build/gettext_config.yml --builder custom --custom-builder gettext -q
-	$(PYTHON) -m sphinx_intl update -p _build/gettext -d locales -l zh_CN -w 0
+	$(TRANSLATION) catalogs
 
 clean:
 	rm -rf _build

@@ -22,11 +22,13 @@ PrefixCachingMode = Literal["none", "hash", "radix"]
 LoadFormat = Literal["auto", "dummy"]
 DType = Literal["auto", "float32", "float16", "bfloat16"]
 SchedulingPolicy = Literal["fcfs", "sjf"]
+DistributedExecutorBackend = Literal["mp", "ray"]
 ATTENTION_BACKENDS = get_args(AttentionBackendName)
 PREFIX_CACHING_MODES = get_args(PrefixCachingMode)
 LOAD_FORMATS = get_args(LoadFormat)
 SCHEDULING_POLICIES = get_args(SchedulingPolicy)
 DTYPES = get_args(DType)
+DISTRIBUTED_EXECUTOR_BACKENDS = get_args(DistributedExecutorBackend)
 
 
 @dataclass
@@ -55,6 +57,13 @@ class EngineConfig:
 
     ``tensor_parallel_size``: split the model over this many processes (chapter 8), on
     consecutive GPUs from ``device`` (which must all exist), or all on the CPU (gloo).
+
+    ``distributed_executor_backend`` (vLLM's name): how ranks 1..N-1 start. ``"mp"``
+    (default): worker processes on this machine (chapter 8). ``"ray"``: Ray actors in
+    a placement group, so the ranks may span the machines of a Ray cluster (chapter
+    11; ``RAY_ADDRESS`` joins one, else a local Ray instance starts); Ray then picks
+    every rank's GPU, so ``device`` names only the kind. With one rank there is no
+    worker to start and both backends run the model in this process, without Ray.
 
     ``speculative_config``: speculative decoding (chapter 10), vLLM's dict form or its
     JSON: ``{"method": "ngram", "num_speculative_tokens": k}`` (prompt lookup) or
@@ -90,6 +99,7 @@ class EngineConfig:
     load_format: LoadFormat = "auto"
     scheduling_policy: SchedulingPolicy = "fcfs"
     speculative_config: SpeculativeConfig | dict | str | None = None
+    distributed_executor_backend: DistributedExecutorBackend = "mp"
 
     def __post_init__(self) -> None:
         self._check_types()
@@ -116,12 +126,16 @@ class EngineConfig:
              f"scheduling_policy={self.scheduling_policy!r} is unknown; choose one of {SCHEDULING_POLICIES}"),
             (self.dtype in DTYPES,
              f"dtype={self.dtype!r} is unknown; choose 'auto', 'float32', 'float16' or 'bfloat16'"),
+            (self.distributed_executor_backend in DISTRIBUTED_EXECUTOR_BACKENDS,
+             f"distributed_executor_backend={self.distributed_executor_backend!r} is unknown; choose 'mp' "
+             "(worker processes on this machine) or 'ray' (Ray actors, across machines)"),
         ]
         for ok, message in checks:
             if not ok:
                 raise ValueError(message)
         self._check_device()
-        check_devices(self.resolve_device(), self.tensor_parallel_size)
+        if self.distributed_executor_backend == "mp":  # with Ray, the cluster's GPUs count (placement group)
+            check_devices(self.resolve_device(), self.tensor_parallel_size)
         if not Path(self.model).is_dir():
             raise FileNotFoundError(
                 f"model={self.model!r} is not a folder; pass the path of a Hugging Face checkpoint "

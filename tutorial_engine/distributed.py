@@ -86,10 +86,11 @@ def create_store(world_size: int) -> dist.TCPStore:
 
 
 def init_tensor_parallel(rank: int, world_size: int, device: torch.device, port: int,
-                         store: dist.TCPStore | None = None) -> None:
+                         store: dist.TCPStore | None = None, host: str = "127.0.0.1") -> None:
     """Join the process group: NCCL on a GPU (bound to ``device``), gloo on a CPU.
 
-    Rank 0 passes the store it created; the others connect to ``port``.
+    Rank 0 passes the store it created; the others connect to ``host:port`` (rank 0's
+    machine; the store listens on every interface, so other machines reach it too).
 
     Raises:
         RuntimeError: this process is already in a process group (one sharded engine
@@ -101,7 +102,7 @@ def init_tensor_parallel(rank: int, world_size: int, device: torch.device, port:
     for name, value in NCCL_ENV_DEFAULTS.items():
         os.environ.setdefault(name, value)
     if store is None:
-        store = dist.TCPStore("127.0.0.1", port, world_size, is_master=False, timeout=COLLECTIVE_TIMEOUT)
+        store = dist.TCPStore(host, port, world_size, is_master=False, timeout=COLLECTIVE_TIMEOUT)
     if device.type == "cuda":
         torch.cuda.set_device(device)
         dist.init_process_group("nccl", store=store, rank=rank, world_size=world_size,

@@ -7,7 +7,9 @@ plans with that many), ``shutdown()`` gives the devices back.
 :class:`InProcessExecutor` runs one :class:`~tutorial_engine.model_runner.ModelRunner`
 in the engine's own process. Tensor parallelism puts one runner per rank, rank 0 here
 and the others in worker processes, behind the same three members
-(:class:`~tutorial_engine.tp_executor.TensorParallelExecutor`, chapter 8).
+(:class:`~tutorial_engine.tp_executor.TensorParallelExecutor`, chapter 8), or rank 0
+here and the others as Ray actors anywhere in a cluster
+(:class:`~tutorial_engine.cluster.ray_executor.RayTensorParallelExecutor`, chapter 11).
 """
 
 from __future__ import annotations
@@ -50,13 +52,18 @@ class InProcessExecutor:
 
 def make_executor(config: EngineConfig, spec: DecoderSpec, device: torch.device, dtype: torch.dtype,
                   max_model_len: int) -> Executor:
-    """The executor ``config.tensor_parallel_size`` (or ``device="sim"``) asks for."""
+    """The executor ``config.tensor_parallel_size`` and ``distributed_executor_backend``
+    (or ``device="sim"``) ask for."""
     if config.device == "sim":
         from .sim.device import make_simulated_executor
 
         return make_simulated_executor(config, spec, max_model_len)
     if config.tensor_parallel_size == 1:
         return InProcessExecutor(config, spec, device, dtype, max_model_len)
+    if config.distributed_executor_backend == "ray":
+        from .cluster.ray_executor import RayTensorParallelExecutor  # imports Ray only when asked for
+
+        return RayTensorParallelExecutor(config, spec, device, dtype, max_model_len)
     from .tp_executor import TensorParallelExecutor  # imports multiprocessing only when needed
 
     return TensorParallelExecutor(config, spec, device, dtype, max_model_len)

@@ -79,10 +79,10 @@ class TenantWorkload:
 
 def workloads(capacity_tokens: int, num_requests: int) -> list[TenantWorkload]:
     """The two workloads for replicas of ``capacity_tokens``: prefixes totalling 1.5x it."""
-    prefix_len = 1024
+    prefix_len = 4096  # a long system prompt (instructions, few-shot examples, documents): ~12 ms of prefill
     num_prefixes = round(1.5 * capacity_tokens / prefix_len)
     common = dict(num_prefixes=num_prefixes, prefix_len=prefix_len, zipf_exponent=0.6, num_requests=num_requests,
-                  suffix_len=(32, 96), output_len=(16, 48))
+                  suffix_len=(32, 96), output_len=(4, 16))
     return [TenantWorkload("many_tenants", **common), TenantWorkload("one_hot_tenant", hot_share=0.5, **common)]
 
 
@@ -139,7 +139,7 @@ def bench(args: argparse.Namespace) -> dict:
               "setup": {"replicas": args.replicas, "kv_capacity_tokens": capacity, "block_size": args.block_size,
                         "request_rate": args.request_rate if math.isfinite(args.request_rate) else "inf"},
               "workloads": {}, "runs": []}
-    for workload in workloads(capacity, args.num_requests):
+    for workload in [w for w in workloads(capacity, args.num_requests) if w.name in args.workloads]:
         requests = workload.draw()
         result["workloads"][workload.name] = {**asdict(workload), "working_set_tokens":
                                               workload.num_prefixes * workload.prefix_len}
@@ -169,10 +169,12 @@ def bench(args: argparse.Namespace) -> dict:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--replicas", type=int, default=2)
-    p.add_argument("--kv-blocks", type=int, default=1024, help="KV pages per replica")
+    p.add_argument("--kv-blocks", type=int, default=4096, help="KV pages per replica")
     p.add_argument("--block-size", type=int, default=16, help="tokens per KV page")
     p.add_argument("--num-requests", type=int, default=400)
-    p.add_argument("--request-rate", type=float, default=40.0, help="mean requests per second (inf: all at once)")
+    p.add_argument("--request-rate", type=float, default=60.0, help="mean requests per second (inf: all at once)")
+    p.add_argument("--workloads", type=lambda text: text.split(","), default=["many_tenants", "one_hot_tenant"],
+                   help="comma-separated: many_tenants, one_hot_tenant")
     p.add_argument("--rounds", type=int, default=2, help="rounds per workload; each alternates the routers' order")
     p.add_argument("--out", type=Path, default=OUT)
     args = p.parse_args(argv)

@@ -5,19 +5,21 @@ Ray Serve runs a deployment's request router in every process that holds a handl
 that can take one and the pending request (its arguments, a :class:`ReplicaRequest`),
 and sends the request to the least loaded replica of the first group returned. Ray's
 own pieces do the rest: the replicas' queue lengths (its cache of what they reported,
-and ``_probe_queue_lens``, the RPC its default power-of-two router uses), FIFO order (``FIFOMixin``), retries and replicas that
-die. This class only turns a policy's choice into that answer; ``power_of_two`` needs no
+and ``_probe_queue_lens``, the RPC its default power-of-two router uses), retries and
+replicas that die. No ``FIFOMixin``: with it Ray may hand the replica chosen for one
+request to an older pending one, and a choice made from a prompt's prefix must go to
+that prompt. This class only turns a policy's choice into that answer; ``power_of_two`` needs no
 class at all (it is Ray Serve's default router).
 """
 
 from __future__ import annotations
 
-from ray.serve.request_router import FIFOMixin, PendingRequest, RequestRouter, RunningReplica
+from ray.serve.request_router import PendingRequest, RequestRouter, RunningReplica
 
 from .routing import OraclePolicy, PrefixAffinityPolicy, RoutingPolicy
 
 
-class EngineRequestRouter(FIFOMixin, RequestRouter):
+class EngineRequestRouter(RequestRouter):
     """``request_router_kwargs``: ``router`` ("prefix_affinity" or "oracle"), and for
     prefix affinity ``block_size``, ``capacity_tokens`` and the thresholds of
     :class:`PrefixAffinityPolicy`; for the oracle ``tenant_weights`` (tenant -> share)."""

@@ -29,6 +29,7 @@ ENGINE_FLAGS = (
     ("--prefix-caching", str, "none, hash or radix"),
     ("--scheduling-policy", str, "fcfs (first come first served) or sjf (shortest prompt first)"),
     ("--tensor-parallel-size", int, "GPUs to split the model over"),
+    ("--distributed-executor-backend", str, "mp (worker processes on this machine) or ray (Ray actors; RAY_ADDRESS)"),
     ("--device", str, "auto, cpu, cuda, cuda:N, or sim (a simulated H200 that runs no model: host costs on a CPU)"),
     ("--dtype", str, "auto, float32, float16 or bfloat16"),
     ("--load-format", str, "auto, or dummy (random weights, for speed measurements)"),
