@@ -38,6 +38,7 @@ DATA_COMMANDS: dict[str, str] = {
     "spec_decode_cpu": PY + "tutorial_engine.experiments.spec_decode",
     "serving_split_sim": PY + "tutorial_engine bench serve --compare-engine-core --device sim"
     " --concurrency 8,32,64,128,256 --prompts-per-stream 2 --rounds 2 --output book/data/serving_split_sim.json",
+    "routing_sim": PY + "tutorial_engine.cluster.bench_routing",
 }
 
 
