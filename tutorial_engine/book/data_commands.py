@@ -39,6 +39,10 @@ DATA_COMMANDS: dict[str, str] = {
     "serving_split_sim": PY + "tutorial_engine bench serve --compare-engine-core --device sim"
     " --concurrency 8,32,64,128,256 --prompts-per-stream 2 --rounds 2 --output book/data/serving_split_sim.json",
     "routing_sim": PY + "tutorial_engine.cluster.bench_routing",
+    "spec_decode_cost_h100": PY + "tutorial_engine.experiments.spec_decode_cost",
+    "serving_split_h100": PY + "tutorial_engine bench serve --compare-engine-core --device cuda --num-kvcache-blocks 15000"
+    " --concurrency 64,256 --prompts-per-stream 1 --request-rates 32,64 --num-prompts 300 --rounds 2"
+    " --output book/data/serving_split_h100.json",
 }
 
 
