@@ -159,6 +159,8 @@ def test_a_translation_that_keeps_every_role_passes(potdir, tmp_path):
         ("**Chapters** run.", "**章节**（左侧）运行。", False, []),
         ("The **source** is it.", "**“出处”**指它。", False, ["bold or italic"]),  # stays literal **
         ("*widely repeated* marks", "广泛流传 表示", False, ["bold or italic"]),
+        ("4. Prefix caching", "4. 前缀缓存", False, ["starts a numbered list"]),  # the heading stays English
+        ("4. Prefix caching", "4\\. 前缀缓存", False, []),
     ],
 )
 def test_message_rules(msgid, msgstr, fuzzy, expected):

@@ -192,6 +192,9 @@ def message_problems(msgid: str, msgstr: str, fuzzy: bool) -> list[str]:
             lost = msgstr.count(piece) < pieces.count(piece)
         if lost:
             problems.append(f"drops {piece}")
+    if re.match(r"\d+\. ", msgstr):  # Markdown reads "4. ..." as a list item, and Sphinx drops a
+        # translated heading that does not parse as a heading: the page keeps its English title
+        problems.append("starts a numbered list: write the heading's number as 4\\. (escaped)")
     if _emphasis(msgstr) != _emphasis(msgid):
         problems.append("bold or italic lost or broken (check the ** and * markers)")
     return problems
