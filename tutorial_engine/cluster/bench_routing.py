@@ -143,8 +143,8 @@ def bench(args: argparse.Namespace) -> dict:
         requests = workload.draw()
         result["workloads"][workload.name] = {**asdict(workload), "working_set_tokens":
                                               workload.num_prefixes * workload.prefix_len}
-        options = {"prefix_affinity": {"block_size": args.block_size, "capacity_tokens": capacity},
-                   "power_of_two": None, "oracle": {"tenant_weights": workload.tenant_weights()}}
+        options = {"prefix_affinity": None, "power_of_two": None,  # affinity: sized from config
+                   "oracle": {"tenant_weights": workload.tenant_weights()}}
         for round_, router in ((r, name) for r in range(args.rounds)
                                for name in (ROUTERS if r % 2 == 0 else ROUTERS[::-1])):
             router_options = options[router]

@@ -38,7 +38,8 @@ def deploy(config: EngineConfig, data_parallel_size: int, router: str = "prefix_
     Args:
         config: each replica's engine options (each gets its own KV and prefix cache).
         router: "prefix_affinity", "power_of_two" (Ray Serve's default) or "oracle".
-        router_options: keyword arguments of the router (``EngineRequestRouter``).
+        router_options: keyword arguments of the router (``EngineRequestRouter``); prefix
+            affinity's ``block_size`` and ``capacity_tokens`` default to ``config``'s.
         cpus_per_replica: CPUs Ray reserves per replica; on a GPU each also takes one GPU.
 
     Raises:
@@ -58,6 +59,12 @@ def deploy(config: EngineConfig, data_parallel_size: int, router: str = "prefix_
                "health_check_period_s": 2, "health_check_timeout_s": 30, "graceful_shutdown_timeout_s": 5,
                "ray_actor_options": {"num_cpus": cpus_per_replica,
                                      "num_gpus": 1 if config.device not in ("cpu", "sim") else 0}}
+    if router == "prefix_affinity":  # the router's record: the replicas' block size, and their KV capacity when
+        # it is fixed (else unbounded: it is sized from memory inside each replica, after this call)
+        blocks = config.num_kvcache_blocks
+        router_options = {"block_size": config.kvcache_block_size,
+                          "capacity_tokens": blocks * config.kvcache_block_size if blocks else None,
+                          **(router_options or {})}
     if router != "power_of_two":
         from .request_router import EngineRequestRouter
 

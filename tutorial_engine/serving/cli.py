@@ -140,7 +140,7 @@ def replica_set(args: argparse.Namespace, config):
     if args.max_queued_requests is not None:
         raise ValueError("--max-queued-requests bounds one engine's queue; with --data-parallel-size each replica "
                          "queues on its own: drop --max-queued-requests.")
-    handle = deploy(config, args.data_parallel_size, args.router, {"block_size": config.kvcache_block_size})
+    handle = deploy(config, args.data_parallel_size, args.router)
     return ReplicaSet(handle, config)
 
 
