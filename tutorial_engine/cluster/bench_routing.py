@@ -35,6 +35,7 @@ import numpy as np
 
 from ..bench.environment import environment
 from ..bench.models import architecture_folder
+from ..bench.serving import arrival_times
 from ..config import EngineConfig
 from ..sampling_params import SamplingParams
 from .routing import ROUTERS
@@ -88,8 +89,6 @@ def workloads(capacity_tokens: int, num_requests: int) -> list[TenantWorkload]:
 
 async def run_requests(replicas, requests: list[tuple[str, list[int], int]], rate: float, seed: int) -> dict:
     """Send ``requests`` at ``rate`` per second through ``replicas`` (a ``ReplicaSet``)."""
-    gaps = np.random.default_rng(seed).exponential(1.0 / rate, len(requests)) if math.isfinite(rate) else \
-        np.zeros(len(requests))
     ttfts, prompt_tokens, cached_tokens, output_tokens, failed = [], 0, 0, 0, 0
 
     async def one(tenant, token_ids, max_tokens):
@@ -111,7 +110,7 @@ async def run_requests(replicas, requests: list[tuple[str, list[int], int]], rat
 
     start = time.perf_counter()
     tasks = []
-    for (tenant, token_ids, max_tokens), at in zip(requests, np.cumsum(gaps)):
+    for (tenant, token_ids, max_tokens), at in zip(requests, arrival_times(len(requests), rate, seed)):
         await asyncio.sleep(max(0.0, start + at - time.perf_counter()))
         tasks.append(asyncio.create_task(one(tenant, token_ids, max_tokens)))
     await asyncio.gather(*tasks)
