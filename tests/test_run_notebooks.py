@@ -45,6 +45,7 @@ def test_the_notebooks_see_the_chosen_model(tmp_path, tiny_checkpoints, monkeypa
     assert main(["--model", str(model), "--out", str(out), str(path)]) == 0
     report = json.loads(out.read_text())
     assert report["model"] == str(model.resolve())
+    assert report["environment"]["gpu"] is None and report["environment"]["torch"]  # what it ran on
     assert MODEL_ENV not in os.environ  # set for the kernels only, not for this process
     assert [(r["notebook"], r["ok"]) for r in report["notebooks"]] == [("ch.ipynb", True)]
 

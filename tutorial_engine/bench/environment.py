@@ -25,7 +25,7 @@ def environment(device: torch.device) -> dict:
         "cpu_count": os.cpu_count(),
         "command": invocation(),
     }
-    for package in ("triton", "transformers"):
+    for package in ("triton", "transformers", "flash_attn"):
         try:
             env[package] = __import__(package).__version__
         except ImportError:

@@ -75,6 +75,15 @@ def run_notebook(path: Path, model: Path | None = None, timeout_s: int = 1800, s
             "failed_cell": failed_cell, "error": error}
 
 
+def _environment() -> dict:
+    """The card, commit and versions the notebooks ran with (the first GPU's, if any)."""
+    import torch
+
+    from ..bench.environment import environment
+
+    return environment(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+
+
 def _nbclient_error(exc: BaseException) -> BaseException:
     """nbclient's own exception in ``exc``'s chain: after a dead kernel, its clean-up
     raises again, and that error, not the death, is what reaches us."""
@@ -108,8 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     if missing:
         raise SystemExit(f"no such notebook: {', '.join(missing)}")
     model_name = str(args.model.resolve()) if args.model else os.environ.get(MODEL_ENV, "the package's small model")
-    report = {"model": model_name, "python": sys.version.split()[0],
-              "notebooks": []}
+    report = {"model": model_name, "environment": _environment(), "notebooks": []}
     for path in notebooks:
         result = run_notebook(path, args.model, args.timeout, args.save_dir)
         report["notebooks"].append(result)
