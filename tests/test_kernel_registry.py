@@ -1,4 +1,4 @@
-"""The rule that only GPU-verified fused kernels run by default, and the paths for older GPUs.
+"""The rule that only GPU-verified device kernels run by default, and the paths for older GPUs.
 
 No GPU here: a CUDA device is named (selection never touches it) and the capability
 queries are mocked.
@@ -18,7 +18,7 @@ from tutorial_engine.loader import decoder_spec, load_hf_config
 from tutorial_engine.model_runner import ModelRunner
 from tutorial_engine.models import kernel_registry
 from tutorial_engine.models.kernel_registry import (
-    FUSED_KERNELS, fingerprint, load_verified, select_fused_kernels, unverified_reason,
+    DEVICE_KERNELS, FUSED_KERNELS, PACKAGE, fingerprint, load_verified, select_fused_kernels, unverified_reason,
 )
 from tutorial_engine.models.layers import RMSNorm, SiluAndMul
 from tutorial_engine.models.rotary import RotaryEmbedding
@@ -62,17 +62,45 @@ def test_editing_a_kernel_unverifies_it_alone():
     source = kernel_registry.FUSED_SOURCE.read_text()
     planted = source.replace("act = (gate / (1.0 + tl.exp(-gate)))", "act = (gate / (2.0 + tl.exp(-gate)))")
     assert planted != source
-    assert fingerprint("silu_and_mul", planted) != fingerprint("silu_and_mul")
-    assert fingerprint("rms_norm", planted) == fingerprint("rms_norm")
+    assert fingerprint("silu_and_mul", {"models/fused.py": planted}) != fingerprint("silu_and_mul")
+    assert fingerprint("rms_norm", {"models/fused.py": planted}) == fingerprint("rms_norm")
     shared = source.replace("pos = tl.load(positions_ptr + token)", "pos = tl.load(positions_ptr + token + 1)")
+    shared = {"models/fused.py": shared}
     assert fingerprint("rotary", shared) != fingerprint("rotary")  # a shared helper counts for both users
     assert fingerprint("qk_norm_rope", shared) != fingerprint("qk_norm_rope")
+    assert fingerprint("triton_attention", shared) == fingerprint("triton_attention")
+
+
+def test_attention_kernels_count_their_tuning_constants_and_every_file():
+    backend = (PACKAGE / "attention/triton_backend.py").read_text()
+    tuned = backend.replace("DECODE_NUM_STAGES = 3", "DECODE_NUM_STAGES = 2")
+    assert tuned != backend
+    assert fingerprint("triton_attention", {"attention/triton_backend.py": tuned}) != fingerprint("triton_attention")
+    store = (PACKAGE / "attention/triton_store.py").read_text()
+    assert "tl.store(" in store
+    planted = store.replace("tl.store(", "tl.store(  ", 1)  # layout alone: same tokens, different text
+    assert fingerprint("triton_attention", {"attention/triton_store.py": planted}) != fingerprint("triton_attention")
+    assert fingerprint("rms_norm", {"attention/triton_store.py": planted}) == fingerprint("rms_norm")
+
+
+def test_auto_runs_triton_attention_only_once_verified(record, monkeypatch):
+    monkeypatch.setattr("tutorial_engine.attention._installed", lambda package: package == "triton")
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
+    record.write_text("{}")
+    chosen, why = auto_attention_backend(CUDA, 16, torch.bfloat16)
+    assert chosen == "torch" and "has not passed the GPU tests" in why and "attention_backend='triton'" in why
+    record.write_text(json.dumps({"triton_attention": entry("triton_attention", "0123456789abcdef")}))
+    chosen, why = auto_attention_backend(CUDA, 16, torch.bfloat16)
+    assert chosen == "torch" and "source changed" in why
+    record.write_text(json.dumps({"triton_attention": entry("triton_attention")}))
+    assert auto_attention_backend(CUDA, 16, torch.bfloat16)[0] == "triton"
+    assert select_fused_kernels("verified", CUDA) == frozenset()  # attention is not a fused kernel
 
 
 def test_committed_record_names_known_kernels_and_default_selects_only_them():
     kernel_registry._verified_now.cache_clear()
     verified = load_verified()
-    assert set(verified) <= set(FUSED_KERNELS)
+    assert set(verified) <= set(DEVICE_KERNELS)
     selected = select_fused_kernels("verified", CUDA)
     assert selected == {k for k in FUSED_KERNELS if unverified_reason(k, verified) is None}
     assert all(verified[k].card.startswith("NVIDIA") and len(verified[k].commit) >= 40 for k in selected)

@@ -71,6 +71,13 @@ def auto_attention_backend(device: torch.device, block_size: int, dtype: torch.d
         return "torch", "Triton and FlashAttention need a CUDA GPU (the Triton interpreter is far slower)"
     if not _installed("triton"):
         return "torch", "the `triton` package is not installed (a CUDA build of torch brings it)"
+    # Imported here: importing tutorial_engine.models runs the decoder, which imports this package.
+    from ..models.kernel_registry import triton_attention_unverified_reason
+
+    unverified = triton_attention_unverified_reason()
+    if unverified is not None:  # FlashAttention's path stores K/V with the Triton store kernel too
+        return "torch", (f"the Triton attention kernels are off by default: {unverified} "
+                         "(attention_backend='triton' runs them anyway)")
     if not _installed("flash_attn"):
         return "triton", "flash-attn is not installed (pip install flash-attn --no-build-isolation)"
     reason = flash_attn_unusable_reason(block_size, dtype, device)
@@ -85,8 +92,9 @@ def get_attention_backend(name: str, device: torch.device, block_size: int = 256
 
     ``auto`` is the fastest backend that will really run on ``device`` for pages of
     ``block_size`` tokens in ``dtype``: ``flash_attn`` (if importable and the cache
-    suits it) > ``triton`` on a CUDA GPU; ``torch`` on a CPU (the Triton interpreter
-    is far slower).
+    suits it) > ``triton`` on a CUDA GPU, once the Triton kernels are GPU-verified
+    (``models/kernel_registry.py``); ``torch`` on a CPU (the Triton interpreter is far
+    slower).
 
     Raises:
         ValueError: when the named backend cannot run, saying what is missing and the fix.

@@ -1,9 +1,10 @@
 """Verify the fused kernels on this GPU and record those that pass, so they run by default.
 
 ``python -m tutorial_engine.bench.verify_kernels`` (on a CUDA GPU, from the repository
-root) runs ``tests/gpu/test_fused_kernels_gpu.py`` once per kernel (its bf16 and fp16
-tests inside CUDA graphs) and then the engine's greedy parity with the fused kernels
-on and off. A kernel whose tests and the parity test pass is written to
+root) runs the engine's greedy parity with the fused kernels on and off, then
+``tests/gpu/test_fused_kernels_gpu.py`` once per fused kernel (its bf16 and fp16 tests
+inside CUDA graphs), and the Triton attention kernels' GPU tests (against the PyTorch
+attention, eager and in CUDA graphs). A kernel whose tests pass is written to
 ``tutorial_engine/models/verified_kernels.json`` with this card's name, the commit and
 its source fingerprint (what was tested, even in a copy with local changes);
 ``fused_kernels="verified"`` (the default) then turns it on.
@@ -23,14 +24,21 @@ import sys
 
 import torch
 
-from ..models.kernel_registry import FUSED_KERNELS, VERIFIED_RECORD, Verification, fingerprint, load_verified
+from ..models.kernel_registry import (
+    DEVICE_KERNELS, FUSED_KERNELS, VERIFIED_RECORD, Verification, fingerprint, load_verified,
+)
 
-TESTS = "tests/gpu/test_fused_kernels_gpu.py"
+FUSED_TESTS = "tests/gpu/test_fused_kernels_gpu.py"
+# Each kernel -> the pytest arguments that select its GPU tests.
+KERNEL_TESTS: dict[str, list[str]] = {
+    **{kernel: [FUSED_TESTS, "-k", f"test_{kernel}"] for kernel in FUSED_KERNELS},
+    "triton_attention": ["tests/gpu/test_attention_gpu.py", "tests/gpu/test_cuda_graph.py"],
+}
 
 
-def passes(selection: str) -> bool:
-    """Run the GPU tests that ``-k selection`` picks; True when they ran and all passed."""
-    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", TESTS, "-k", selection])
+def passes(pytest_args: list[str]) -> bool:
+    """Run the GPU tests that ``pytest_args`` select; True when they ran and all passed."""
+    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *pytest_args])
     return done.returncode == 0
 
 
@@ -53,12 +61,13 @@ def main() -> None:
     commit = args.commit or git("rev-parse", "HEAD")
     if not commit:
         raise SystemExit("no git checkout here: pass --commit with the commit under test")
-    parity = passes("greedy_parity")
-    results = {kernel: parity and passes(f"test_{kernel}") for kernel in FUSED_KERNELS}
+    parity = passes([FUSED_TESTS, "-k", "greedy_parity"])
+    results = {kernel: (parity or kernel not in FUSED_KERNELS) and passes(KERNEL_TESTS[kernel])
+               for kernel in DEVICE_KERNELS}
     record = load_verified()
     today = datetime.date.today().isoformat()
     for kernel, ok in results.items():
-        print(f"{kernel:14s} {'passed' if ok else 'FAILED'} on {card}")
+        print(f"{kernel:16s} {'passed' if ok else 'FAILED'} on {card}")
         if ok:
             record[kernel] = Verification(card, commit, today, fingerprint(kernel))
     if not args.dry_run:

@@ -1,4 +1,4 @@
-"""Which fused kernels run by default: those that passed the GPU tests on a GPU.
+"""Which device kernels run by default: those that passed the GPU tests on a GPU.
 
 Triton's CPU interpreter checks a kernel's arithmetic and an ahead-of-time compile
 checks that it builds for a card, but only a GPU run shows that the compiled kernel
@@ -11,6 +11,11 @@ unfused PyTorch path runs instead) until
 
 ``fused_kernels="all"`` turns every fused kernel on (what the GPU tests exercise),
 ``"none"`` turns them all off. On a CPU none runs: the PyTorch code is the reference.
+
+The Triton attention backend's kernels follow the same rule as one entry,
+``triton_attention``: ``attention_backend="auto"`` picks Triton (or FlashAttention,
+which stores K/V with the Triton store kernel) only while that entry is verified, and
+the PyTorch attention otherwise; ``attention_backend="triton"`` runs them regardless.
 """
 
 from __future__ import annotations
@@ -31,16 +36,30 @@ logger = logging.getLogger(__name__)
 FusedKernelsMode = Literal["verified", "all", "none"]
 FUSED_KERNEL_MODES: tuple[FusedKernelsMode, ...] = ("verified", "all", "none")
 
-# Each fused kernel -> the functions of fused.py whose source it runs (kernel, helpers, wrapper).
-FUSED_KERNELS: dict[str, tuple[str, ...]] = {
-    "rms_norm": ("_rms_norm_kernel", "rms_norm"),
-    "silu_and_mul": ("_silu_and_mul_kernel", "silu_and_mul"),
-    "rotary": ("_cos_sin", "_rope_heads", "_rope_kernel", "rotary"),
-    "qk_norm_rope": ("_cos_sin", "_rope_heads", "_qk_norm_rope_kernel", "qk_norm_rope"),
-}
-
-FUSED_SOURCE = Path(__file__).with_name("fused.py")
+PACKAGE = Path(__file__).resolve().parents[1]
+FUSED_SOURCE = PACKAGE / "models" / "fused.py"
 VERIFIED_RECORD = Path(__file__).with_name("verified_kernels.json")
+
+# A kernel's source: file (relative to the package) -> the top-level functions and constants of
+# that file it runs (kernel, helpers, wrapper, tuning constants).
+KernelSource = dict[str, tuple[str, ...]]
+
+FUSED_KERNELS: dict[str, KernelSource] = {
+    "rms_norm": {"models/fused.py": ("_rms_norm_kernel", "rms_norm")},
+    "silu_and_mul": {"models/fused.py": ("_silu_and_mul_kernel", "silu_and_mul")},
+    "rotary": {"models/fused.py": ("_cos_sin", "_rope_heads", "_rope_kernel", "rotary")},
+    "qk_norm_rope": {"models/fused.py": ("_cos_sin", "_rope_heads", "_qk_norm_rope_kernel", "qk_norm_rope")},
+}
+ATTENTION_KERNELS: dict[str, KernelSource] = {
+    "triton_attention": {
+        "attention/triton_store.py": ("_store_kvcache_kernel", "store_kvcache"),
+        "attention/triton_decode.py": ("_paged_decode_kernel", "_merge_splits_kernel", "paged_decode"),
+        "attention/triton_prefill.py": ("_paged_prefill_kernel", "paged_prefill"),
+        "attention/triton_backend.py": ("DECODE_BLOCK_N", "DECODE_NUM_WARPS", "DECODE_NUM_STAGES", "PROGRAMS_PER_SM",
+                                        "MAX_SPLITS", "MIN_TOKENS_PER_SPLIT", "num_kv_splits", "paged_attention"),
+    },
+}
+DEVICE_KERNELS: dict[str, KernelSource] = {**FUSED_KERNELS, **ATTENTION_KERNELS}
 
 
 @dataclass(frozen=True)
@@ -54,17 +73,25 @@ class Verification:
     fingerprint: str
 
 
-def fingerprint(kernel: str, source: str | None = None) -> str:
-    """SHA-256 (first 16 hex digits) of the source of ``kernel``'s functions in ``fused.py``
-    (or in ``source``), read with ``ast`` so that no Triton import is needed."""
-    source = FUSED_SOURCE.read_text() if source is None else source
-    functions = {node.name: ast.get_source_segment(source, node)
-                 for node in ast.parse(source).body if isinstance(node, ast.FunctionDef)}
-    missing = [name for name in FUSED_KERNELS[kernel] if name not in functions]
-    if missing:
-        raise ValueError(f"fused.py lacks {missing} that kernel {kernel!r} names in FUSED_KERNELS")
-    text = "\n".join(functions[name] for name in FUSED_KERNELS[kernel])
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+def fingerprint(kernel: str, sources: dict[str, str] | None = None) -> str:
+    """SHA-256 (first 16 hex digits) of the source of ``kernel``'s functions and constants
+    (``DEVICE_KERNELS``), read with ``ast`` so that no Triton import is needed. ``sources``
+    maps a file (as ``DEVICE_KERNELS`` names it) to a text that replaces it (tests plant edits so)."""
+    sources = sources or {}
+    parts = []
+    for file, names in DEVICE_KERNELS[kernel].items():
+        source = sources.get(file) or (PACKAGE / file).read_text()
+        segments = {}
+        for node in ast.parse(source).body:
+            if isinstance(node, ast.FunctionDef):
+                segments[node.name] = ast.get_source_segment(source, node)
+            elif isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name):
+                segments[node.targets[0].id] = ast.get_source_segment(source, node)
+        missing = [name for name in names if name not in segments]
+        if missing:
+            raise ValueError(f"{file} lacks {missing} that kernel {kernel!r} names in DEVICE_KERNELS")
+        parts.extend(segments[name] for name in names)
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
 
 
 def load_verified(path: Path | None = None) -> dict[str, Verification]:
@@ -90,11 +117,11 @@ def unverified_reason(kernel: str, verified: dict[str, Verification]) -> str | N
 def _verified_now() -> frozenset[str]:
     verified = load_verified()
     chosen = set()
-    for kernel in FUSED_KERNELS:
+    for kernel in DEVICE_KERNELS:
         reason = unverified_reason(kernel, verified)
         if reason is None:
             chosen.add(kernel)
-        else:
+        elif kernel in FUSED_KERNELS:
             logger.info("fused kernel %s is off (the unfused PyTorch path runs): %s; "
                         "fused_kernels='all' turns it on", kernel, reason)
     return frozenset(chosen)
@@ -107,4 +134,9 @@ def select_fused_kernels(mode: FusedKernelsMode, device: torch.device) -> frozen
         return frozenset()
     if mode == "all":
         return frozenset(FUSED_KERNELS)
-    return _verified_now()
+    return _verified_now() & frozenset(FUSED_KERNELS)
+
+
+def triton_attention_unverified_reason() -> str | None:
+    """Why the Triton attention kernels are not GPU-verified as their source stands, or None."""
+    return unverified_reason("triton_attention", load_verified())
