@@ -31,14 +31,17 @@ module                   job                                                    
 ``transfer``             host-to-device copies that never wait                            7
 ``models/``              Llama / Qwen2 / Qwen3 decoder, layers, fused Triton kernels      1, 6
 ``attention/``           paged attention: torch reference, Triton, FlashAttention         3
+``spec_decode/``         speculative decoding: proposers, rejection sampler, verify rows  10
+``cluster/``             Ray: replicas on Ray Serve, prefix-aware routing, Ray TP ranks   11
 ``sampler``              logits to tokens: greedy, temperature, top-k, top-p, seeded      0
 ``loader``               Hugging Face checkpoint folders: config, weights, tokenizer      1
 ``config``, ``checks``   ``EngineConfig`` and the checks of every option                  0
 =======================  ===============================================================  =======
 
 Beside the engine: ``bench/`` and ``experiments/`` measure it (chapter 12 and each
-chapter's claim); ``book/`` is the book's tooling (grading, exercise generation,
-notebook helpers, steppers, the small trained model).
+chapter's claim); ``sim/`` is the simulated device (``device="sim"``) that measures the
+host side without a GPU (chapters 9 and 11); ``book/`` is the book's tooling (grading,
+exercise generation, notebook helpers, steppers, the small trained model).
 """
 
 from .config import EngineConfig
