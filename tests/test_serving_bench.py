@@ -55,3 +55,28 @@ def test_bench_serve_command(tiny_checkpoints, tmp_path):
         assert sorted(r[1] for r in run["requests"]) == sorted(lengths)  # ignore_eos: every length exact
         assert run["ttft_ms"]["p50"] <= run["ttft_ms"]["p99"] and run["output_throughput"] > 0
     assert result["server"]["argv"][:2] == ["--model", str(tiny_checkpoints["qwen3"])]
+
+
+def test_compare_engine_core_on_the_simulated_device(tmp_path):
+    """The split-server comparison end to end (two servers, alternating rounds, each
+    process's CPU and the device's busy fraction), as chapter 9's data file was made."""
+    out = tmp_path / "split.json"
+    rc = main(["bench", "serve", "--compare-engine-core", "--device", "sim", "--concurrency", "2",
+               "--prompts-per-stream", "2", "--request-rates", "inf", "--rounds", "2", "--input-len", "4:40",
+               "--output-len", "4:8", "--num-prompts", "4", "--max-num-seqs", "4", "--output", str(out)])
+    assert rc == 0
+    result = json.loads(out.read_text())
+    assert "simulated NVIDIA H200" in result["machine"]
+    levels = [("concurrency", 2)] * 4 + [("request_rate", "inf")] * 4
+    assert [(k, r[k]) for r, (k, _) in zip(result["runs"], levels)] == levels
+    # rounds alternate which server goes first, so neither always runs on a warmer machine
+    assert [r["engine_core"] for r in result["runs"][:4]] == ["inproc", "process", "process", "inproc"]
+    for run in result["runs"]:
+        assert run["completed"] == 4 and run["failed"] == 0
+        assert 0 < run["device_busy_fraction"] <= 1 and run["engine_steps"] > 0
+        assert run["server_cpu_us_per_output_token"] > 0 and run["engine_cpu_ms_per_step"] > 0
+
+
+def test_compare_engine_core_refuses_a_running_server(capsys):
+    assert main(["bench", "serve", "--compare-engine-core", "--device", "sim", "--url", "http://127.0.0.1:1"]) != 0
+    assert "drop --url" in capsys.readouterr().err
