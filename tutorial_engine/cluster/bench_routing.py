@@ -174,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--request-rate", type=float, default=60.0, help="mean requests per second (inf: all at once)")
     p.add_argument("--workloads", type=lambda text: text.split(","), default=["many_tenants", "one_hot_tenant"],
                    help="comma-separated: many_tenants, one_hot_tenant")
-    p.add_argument("--rounds", type=int, default=2, help="rounds per workload; each alternates the routers' order")
+    p.add_argument("--rounds", type=int, default=3, help="rounds per workload; each alternates the routers' order")
     p.add_argument("--out", type=Path, default=OUT)
     args = p.parse_args(argv)
     result = bench(args)
