@@ -18,7 +18,7 @@ from tutorial_engine.book.prose import check_notebook, hand_typed_figures, toc_c
 
 # Phrases quoted from papers and projects (each contains the figure it quotes), with their source.
 # "Widely repeated" marks a claim the book tests that circulates without a measurement behind it;
-# the claims page (claims.ipynb) lists them all.
+# the claims page (claims.md) lists them all.
 QUOTED = {
     # vLLM: W. Kwon et al., "Efficient Memory Management for Large Language Model Serving with
     # PagedAttention", SOSP 2023, section 2.3 and Figure 2; abstract for the 2-4x.
