@@ -3,7 +3,8 @@
 A chapter's markdown may state a number with a unit (ms, s, µs, tok/s, GiB, MB, %, ×, ...)
 only through a ``{glue:text}`` role, pasted from the cell that computes it; the only figures
 typed by hand are the ones quoted from papers and projects, listed below with their source.
-The check runs over every chapter in ``_toc.yml`` (``tutorial_engine.book.prose``).
+The check runs over every chapter in ``_toc.yml`` and the book's markdown pages (introduction,
+claims, GPU page, glossary, notation) (``tutorial_engine.book.prose``).
 """
 
 from __future__ import annotations
@@ -14,7 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from tutorial_engine.book.prose import check_notebook, hand_typed_figures, toc_chapters
+from tutorial_engine.book.prose import (
+    check_markdown, check_notebook, hand_typed_figures, reference_pages, toc_chapters,
+)
 
 # Phrases quoted from papers and projects (each contains the figure it quotes), with their source.
 # "Widely repeated" marks a claim the book tests that circulates without a measurement behind it;
@@ -38,6 +41,9 @@ QUOTED = {
     "8 GB of memory at 256 GB/s": "nano-vLLM README (RTX 4070 Laptop, 8 GB) and NVIDIA's RTX 4070 Laptop GPU datasheet",
     # nano-vLLM's README, benchmark table (RTX 4070 Laptop, Qwen3-0.6B, its bench.py workload).
     "1,434 and 1,361 tok/s": "nano-vLLM README, benchmark table: nano-vLLM and vLLM on an RTX 4070 Laptop",
+    "nano-vLLM 1,434 tok/s, vLLM 1,361 tok/s": "nano-vLLM README, benchmark table (the claims page's row)",
+    # The notation page's example of the ratio sign, not a measurement.
+    '"2.0×" is twice as much': "notation.md: how the book writes a ratio",
     # Widely repeated claims the chapters test (no published measurement found behind them).
     "~4×": "widely repeated: continuous batching over static batching (chapter 2 tests it)",
     "1.5–2×": "widely repeated: radix-tree hit rate over block hashing (chapter 4 tests it)",
@@ -63,6 +69,20 @@ def test_every_toc_chapter_is_checked():
     names = {path.name for path in CHAPTERS}
     assert "12_benchmarks.ipynb" in names and "00_engine_in_five_lines.ipynb" in names
     assert len(CHAPTERS) >= 11
+
+
+PAGES = reference_pages()
+
+
+def test_every_reference_page_is_checked():
+    assert {path.name for path in PAGES} >= {"intro.md", "claims.md", "gpu.md", "glossary.md", "notation.md"}
+
+
+@pytest.mark.parametrize("page", PAGES, ids=[path.stem for path in PAGES])
+def test_no_hand_typed_figures_on_reference_pages(page: Path):
+    found = check_markdown(page, QUOTED)
+    assert not found, (f"{page.name} states measured figures by hand; glue them from the chapter that "
+                       f"computes them ({{glue:text}}`book/NN_x.ipynb::key:.1f`), or quote them with a source: {found}")
 
 
 @pytest.mark.parametrize("chapter", CHAPTERS, ids=[path.stem for path in CHAPTERS])
@@ -113,3 +133,10 @@ def test_glued_and_quoted_figures_pass(tmp_path: Path):
         "```bash\npython -m bench --timeout 30s\n```\n\nRun `sleep 5s` first; 256 requests, 4 layers."
     )
     assert check_notebook(_notebook(tmp_path, text), QUOTED) == []
+
+
+def test_planted_figure_on_a_markdown_page_fails(tmp_path: Path):
+    page = tmp_path / "page.md"
+    page.write_text("# A page\n\nThe engine is {glue:text}`book/x.ipynb::r:.2f`× faster.\n\n"
+                    "```bash\nbench --rate 16 req/s  # 90% busy\n```\n\nThe GPU is busy 92% of the time.\n")
+    assert check_markdown(page) == [(9, "92%")]  # the line, code blocks counted

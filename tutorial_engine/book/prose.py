@@ -58,6 +58,17 @@ def toc_chapters(root: Path = ROOT) -> list[Path]:
     return files
 
 
+def reference_pages(root: Path = ROOT) -> list[Path]:
+    """The book's markdown pages: the root (introduction) and those ``_toc.yml`` lists
+    outside ``book/``, ``exercises/`` and ``solutions/`` (claims, GPU page, glossary, ...)."""
+    import yaml
+
+    toc = yaml.safe_load((root / "_toc.yml").read_text())
+    files = [toc["root"]] + [entry.get("file", "") for part in toc.get("parts", [])
+                             for entry in part.get("chapters", [])]
+    return [root / f"{file}.md" for file in files if (root / f"{file}.md").is_file()]
+
+
 def markdown_cells(notebook: Path) -> list[str]:
     cells = json.loads(notebook.read_text())["cells"]
     return ["".join(c["source"]) if isinstance(c["source"], list) else c["source"]
@@ -77,6 +88,20 @@ def check_notebook(notebook: Path, allowed: Iterable[str] = ()) -> list[tuple[in
     allowed = list(allowed)
     return [(i, fig) for i, text in enumerate(markdown_cells(notebook))
             for fig in hand_typed_figures(text, allowed)]
+
+
+def check_markdown(page: Path, allowed: Iterable[str] = ()) -> list[tuple[int, str]]:
+    """(line number, figure) for each hand-typed figure in the markdown ``page``; a figure
+    is reported at the first line of its paragraph (a phrase may wrap across lines)."""
+    allowed = list(allowed)
+    text = _FENCE.sub(lambda m: "\n" * m.group(0).count("\n"), page.read_text())  # keep line numbers
+    found, line = [], 1
+    for paragraph in re.split(r"(\n\s*\n)", text):
+        if paragraph.strip():
+            start = line + len(paragraph) - len(paragraph.lstrip("\n"))
+            found += [(start, fig) for fig in hand_typed_figures(paragraph, allowed)]
+        line += paragraph.count("\n")
+    return found
 
 
 def report(chapters: Iterable[Path], allowed: Mapping[str, str] | Iterable[str] = ()) -> int:
