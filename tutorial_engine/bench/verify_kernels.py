@@ -1,4 +1,4 @@
-"""Verify the fused kernels on this GPU and record those that pass, so they run by default.
+"""Verify the device kernels (fused and attention) on this GPU and record those that pass, so they run by default.
 
 ``python -m tutorial_engine.bench.verify_kernels`` (on a CUDA GPU, from the repository
 root) runs the engine's greedy parity with the fused kernels on and off, then
