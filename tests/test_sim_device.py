@@ -212,8 +212,9 @@ def test_overlap_keeps_the_simulated_device_busier(tiny_checkpoints):
         engine = sim_engine(tiny_checkpoints["qwen3"], overlap, time_scale=1.0)
         run(engine, [[5, 6, 7]] * 4, [SamplingParams(temperature=0, max_tokens=40, ignore_eos=True)] * 4)
         busy[overlap] = engine.executor.device.stats().busy_fraction
-    assert busy[True] > busy[False]
-    assert busy[True] > 0.9
+    # Relative, not an absolute threshold: a busy CI machine stretches the host's share of
+    # both loops (quiet: idle 25% plain, under 1% overlapped; a loaded run once gave 11.5%).
+    assert (1 - busy[True]) < 0.5 * (1 - busy[False])
 
 
 def test_llm_runs_on_device_sim(tiny_checkpoints):
