@@ -44,29 +44,25 @@ def strip_markdown(text: str) -> str:
     return text
 
 
-def toc_chapters(root: Path = ROOT) -> list[Path]:
-    """The notebooks under ``book/`` that ``_toc.yml`` lists, in its order."""
+def _toc_files(root: Path) -> list[str]:
+    """Every file ``_toc.yml`` names, in its order: the root, then each part's chapters."""
     import yaml
 
     toc = yaml.safe_load((root / "_toc.yml").read_text())
-    files = []
-    for part in toc.get("parts", []):
-        for entry in part.get("chapters", []):
-            file = entry.get("file", "")
-            if file.startswith("book/") and (root / f"{file}.ipynb").is_file():
-                files.append(root / f"{file}.ipynb")
-    return files
+    return [toc["root"]] + [entry.get("file", "") for part in toc.get("parts", [])
+                            for entry in part.get("chapters", [])]
+
+
+def toc_chapters(root: Path = ROOT) -> list[Path]:
+    """The notebooks under ``book/`` that ``_toc.yml`` lists, in its order."""
+    return [root / f"{file}.ipynb" for file in _toc_files(root)
+            if file.startswith("book/") and (root / f"{file}.ipynb").is_file()]
 
 
 def reference_pages(root: Path = ROOT) -> list[Path]:
-    """The book's markdown pages: the root (introduction) and those ``_toc.yml`` lists
-    outside ``book/``, ``exercises/`` and ``solutions/`` (claims, GPU page, glossary, ...)."""
-    import yaml
-
-    toc = yaml.safe_load((root / "_toc.yml").read_text())
-    files = [toc["root"]] + [entry.get("file", "") for part in toc.get("parts", [])
-                             for entry in part.get("chapters", [])]
-    return [root / f"{file}.md" for file in files if (root / f"{file}.md").is_file()]
+    """The book's markdown pages that ``_toc.yml`` lists: the root (introduction), claims,
+    GPU page, glossary, notation."""
+    return [root / f"{file}.md" for file in _toc_files(root) if (root / f"{file}.md").is_file()]
 
 
 def markdown_cells(notebook: Path) -> list[str]:
