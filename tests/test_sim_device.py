@@ -59,8 +59,9 @@ def test_execute_returns_before_the_tokens_are_ready_and_token_ids_waits():
     start = time.perf_counter()
     result = sim.execute(decode_plan([5, 6], [3, 4]))
     launched = time.perf_counter() - start
-    assert launched < 0.01 and not result.done()
-    assert result.ready_at == pytest.approx(start + STEP_S * SCALE, abs=0.01)
+    assert launched < STEP_S * SCALE and not result.done()
+    # An idle device starts the step at launch, which happened inside [start, start + launched].
+    assert start + STEP_S * SCALE <= result.ready_at <= start + launched + STEP_S * SCALE
     tokens = result.token_ids()
     assert time.perf_counter() >= result.ready_at and result.done()
     assert len(tokens) == 2
@@ -160,7 +161,7 @@ def test_busy_and_idle_time_in_device_seconds():
     assert stats.busy_s == pytest.approx(3 * STEP_S)  # device seconds: real / time_scale
     assert stats.window_s == pytest.approx((t1 - t0) / SCALE)
     assert stats.idle_s >= 2 * STEP_S - 1e-9
-    assert 0.5 < stats.busy_fraction < 0.62
+    assert stats.busy_fraction == pytest.approx(stats.busy_s / stats.window_s) and stats.busy_fraction < 0.62
     assert (stats.steps, stats.tokens, stats.sampled_tokens) == (3, 5, 5)
     later = sim.device.steps[2].start
     assert sim.device.stats(later, t1).steps == 1  # a window counts what started in it
