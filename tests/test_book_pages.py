@@ -23,6 +23,30 @@ def test_gpu_page_lists_every_command():
         assert f"`{command}`" in page, f"gpu.md shows another command for {name}.json than the chapters: {command}"
 
 
+def gpu_page_entries(page: str) -> dict[str, str]:
+    """``name -> its line`` for each ``- `name.json` (...)`` entry of gpu.md's list."""
+    return {line.split("`")[1][:-len(".json")]: line for line in page.splitlines()
+            if line.startswith("- `") and line.split("`")[1].endswith(".json")}
+
+
+def misstated_files(page: str) -> list[str]:
+    """gpu.md entries whose "not measured yet" disagrees with book/data."""
+    return [name for name, line in gpu_page_entries(page).items()
+            if (ROOT / "book" / "data" / f"{name}.json").is_file() == ("not measured yet" in line)]
+
+
+def test_gpu_page_says_which_files_are_not_measured_yet():
+    assert misstated_files((ROOT / "gpu.md").read_text()) == [], \
+        "add 'not measured yet' to the line of a file absent from book/data, drop it from a present one"
+
+
+def test_planted_misstatements_fail():
+    page = (ROOT / "gpu.md").read_text()
+    assert misstated_files(page.replace("; not measured yet: chapter 8 shows its prediction", "")) == ["tensor_parallel_h200x2"]
+    planted = page.replace("- `routing_sim.json` (chapter 11;", "- `routing_sim.json` (chapter 11; not measured yet;")
+    assert misstated_files(planted) == ["routing_sim"]
+
+
 def test_reference_pages_are_in_the_toc():
     toc = (ROOT / "_toc.yml").read_text()
     for page in ("claims", "gpu", "glossary", "notation"):
