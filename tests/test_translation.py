@@ -151,6 +151,9 @@ def test_a_translation_that_keeps_every_role_passes(potdir, tmp_path):
         ("See {ref}`chapter 2 <verdict-cb>`.", "见 {ref}`第 2 章 <verdict-x>`。", False, ["drops {ref}"]),
         ("A {term}`KV cache` page.", "一个 KV Cache 页。", False, ["drops {term}`KV cache`"]),
         ("It is {glue:text}`x:.1f` ms.", "它是 ms。", False, ["drops {glue:text}`x:.1f`"]),
+        ("It {glue:text}`verdict`.", "结果{glue:text}`verdict_zh`。", False, []),  # a glued word's twin
+        ("It {glue:text}`a.ipynb::v:s`.", "结果{glue:text}`a.ipynb::v_zh:s`。", False, []),
+        ("It {glue:text}`verdict`.", "结果{glue:text}`other_zh`。", False, ["drops {glue:text}`verdict`"]),
         ("Call `f(x)` once.", "调用 f(x) 一次。", False, ["drops `f(x)`"]),
         ("Here $y = x W^\\top$ holds.", "此处成立。", False, ["drops $y = x W^\\top$"]),
         ("An [index](#anchor) entry.", "一个[索引](#other)条目。", False, ["drops (#anchor)"]),
@@ -168,3 +171,40 @@ def test_message_rules(msgid, msgstr, fuzzy, expected):
     assert len(problems) == len(expected), problems
     for problem, start in zip(problems, expected):
         assert problem.startswith(start), problems
+
+
+def test_chinese_pages_glue_chinese_words():
+    report = translation.glued_word_problems(ROOT, LOCALES)
+    assert not report, translation.format_report(report)
+
+
+def _copy_for_twins(tmp_path: Path, chapter: str) -> Path:
+    (tmp_path / "book").mkdir()
+    shutil.copy(ROOT / f"{chapter}.ipynb", tmp_path / f"{chapter}.ipynb")
+    shutil.copytree(LOCALES, tmp_path / "locales")
+    return tmp_path
+
+
+def test_planted_english_glue_in_a_chinese_page_fails(tmp_path):
+    chapter = "book/11_beyond_one_machine"
+    root = _copy_for_twins(tmp_path, chapter)
+    po = root / "locales/zh_CN/LC_MESSAGES" / f"{chapter}.po"
+    po.write_text(po.read_text().replace("`m_goal_hot_zh`", "`m_goal_hot`"))
+    assert translation.glued_word_problems(root, root / "locales") == {
+        chapter: ["glues the English word m_goal_hot: name m_goal_hot_zh"] * 2}
+
+
+def test_planted_english_word_without_a_twin_fails(tmp_path):
+    chapter = "book/11_beyond_one_machine"
+    root = _copy_for_twins(tmp_path, chapter)
+    notebook = root / f"{chapter}.ipynb"
+    notebook.write_text(notebook.read_text().replace('"name": "m_verdict_zh"', '"name": "m_verdict_gone"'))
+    report = translation.glued_word_problems(root, root / "locales")
+    assert list(report) == [chapter] and "as m_verdict with no Chinese twin" in report[chapter][0]
+
+
+def test_a_word_without_chinese_is_refused_before_anything_is_glued():
+    from tutorial_engine.book.glued_words import glue_words
+
+    with pytest.raises(KeyError, match="'maybe' \\(m_x\\) has no Chinese"):
+        glue_words({"m_x": "maybe"})

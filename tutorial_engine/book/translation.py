@@ -128,6 +128,8 @@ _MATH = re.compile(r"\$\$.+?\$\$|\$[^$\s](?:[^$]*?[^$\s])?\$", re.S)
 _LINK = re.compile(r"\]\(([^)\s]+)\)")
 _URL = re.compile(r"(?<![(<\w])https?://[^\s)>\]]+")
 _TARGET = re.compile(r"^(.*?)\s*<([^<>]+)>$", re.S)
+# A glue role naming a word's Chinese twin (``{glue:text}`m_goal_zh```, see book/glued_words.py).
+_GLUED_TWIN = re.compile(r"(\{glue(?::\w+)?\}`(?:[^`]*::)?\w+?)_zh(?=[:`])")
 # Words a message may keep in English when nothing else in it is English: names of systems and
 # the field's terms that Chinese engineers write in English (the glossary's term table).
 KEEP_ENGLISH = {
@@ -135,7 +137,7 @@ KEEP_ENGLISH = {
     transformers Hugging Face HF PagedAttention KV Cache Radix Chunked Prefill Decode CUDA Graph Graphs
     Tensor Parallelism token tokens logits kernel batch GPU CPU TTFT TPOT ITL E2EL RoPE GQA RMSNorm
     MLP softmax roofline NCCL NVLink OpenAI API HTTP SSE H100 H200 Qwen3 Llama Qwen2 Orca Sarathi
-    Serve all-reduce n-gram ms tok s GiB GB MB x""".split()
+    Serve all-reduce n-gram ms tok s GiB GB MB x NVIDIA HBM""".split()
 }
 
 
@@ -185,6 +187,7 @@ def message_problems(msgid: str, msgstr: str, fuzzy: bool) -> list[str]:
     if msgstr == msgid and _prose_words(msgid):
         problems.append("the English copied through")
     pieces = protected(msgid)
+    msgstr = _GLUED_TWIN.sub(r"\1", msgstr)  # a glued word's Chinese twin stands for the word
     for piece in dict.fromkeys(pieces):
         if "…<" in piece:
             lost = not _kept(piece, msgstr)
@@ -232,6 +235,48 @@ def check(potdir: Path, locale_dir: Path) -> dict[str, list[str]]:
     return report
 
 
+def _glued_text(notebook: Path) -> dict[str, str]:
+    """Glue key -> the text glued, from a notebook's stored outputs (Markdown glues excluded)."""
+    import nbformat
+
+    glued = {}
+    for cell in nbformat.read(notebook, as_version=4).cells:
+        for output in cell.get("outputs", []):
+            name = output.get("metadata", {}).get("scrapbook", {}).get("name")
+            data = output.get("data", {})
+            if name and "application/papermill.record/text/markdown" not in data:
+                glued[name] = str(data.get("application/papermill.record/text/plain", ""))
+    return glued
+
+
+def glued_word_problems(root: Path, locale_dir: Path) -> dict[str, list[str]]:
+    """Glued English words the Chinese edition would show: a word glued without its ``_zh``
+    twin (``tutorial_engine.book.glued_words``), or a Chinese message naming the English key
+    where the twin exists. Pages are keyed as in :func:`check`."""
+    from babel.messages.pofile import read_po
+
+    english = {}  # notebook page -> keys whose glued text has English words
+    report: dict[str, list[str]] = {}
+    for notebook in sorted((root / "book").glob("*.ipynb")):
+        page = notebook.relative_to(root).with_suffix("").as_posix()
+        glued = _glued_text(notebook)
+        english[page] = {key for key, text in glued.items() if not key.endswith("_zh") and _prose_words(text)}
+        for key in sorted(english[page] - {k[:-3] for k in glued if k.endswith("_zh")}):
+            report.setdefault(page, []).append(
+                f"glues the English {glued[key]} as {key} with no Chinese twin: use glued_words.glue_words")
+    for po in sorted((locale_dir / LANGUAGE / "LC_MESSAGES").rglob("*.po")):
+        page = po.relative_to(locale_dir / LANGUAGE / "LC_MESSAGES").with_suffix("").as_posix()
+        with po.open("rb") as f:
+            messages = [m.string for m in read_po(f) if m.id and m.string]
+        for text in messages:
+            for target in re.findall(r"\{glue(?::\w+)?\}`([^`]+)`", text):
+                where, _, key = target.rpartition("::")
+                key = key.split(":")[0]
+                if key in english.get(where.removesuffix(".ipynb") or page, set()):
+                    report.setdefault(page, []).append(f"glues the English word {key}: name {key}_zh")
+    return report
+
+
 def format_report(report: dict[str, list[str]]) -> str:
     return "\n".join(f"{page}.po: {p}" for page, problems in report.items() for p in problems)
 
@@ -249,6 +294,8 @@ def main(argv=None) -> int:
         return 0
     with tempfile.TemporaryDirectory() as tmp:
         report = check(extract(root, Path(tmp) / "pot", Path(tmp) / "doctrees"), root / "locales")
+    for page, problems in glued_word_problems(root, root / "locales").items():
+        report.setdefault(page, []).extend(problems)
     print(format_report(report) or "every message of every page is translated")
     return 1 if report else 0
 
