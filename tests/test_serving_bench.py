@@ -80,3 +80,15 @@ def test_compare_engine_core_on_the_simulated_device(tmp_path):
 def test_compare_engine_core_refuses_a_running_server(capsys):
     assert main(["bench", "serve", "--compare-engine-core", "--device", "sim", "--url", "http://127.0.0.1:1"]) != 0
     assert "drop --url" in capsys.readouterr().err
+
+
+def test_the_bench_client_drops_idle_connections_before_the_server_does():
+    """Equal expiries race: a pooled connection reused as the server closes it is a ReadError."""
+    import uvicorn
+
+    from tutorial_engine.bench.serving import KEEPALIVE_EXPIRY_S, client_for
+
+    server_keepalive_s = uvicorn.Config(app=None).timeout_keep_alive  # the server keeps uvicorn's default
+    assert KEEPALIVE_EXPIRY_S <= server_keepalive_s / 2
+    client = client_for("http://127.0.0.1:1", {})
+    assert client._transport._pool._keepalive_expiry == KEEPALIVE_EXPIRY_S  # httpx keeps it on its pool

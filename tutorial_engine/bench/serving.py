@@ -57,6 +57,10 @@ if TYPE_CHECKING:  # imported where used, so the command line runs without the s
     import httpx
 
 PERCENTILES = (50, 90, 99)
+# The client closes an idle pooled connection after this long, well before a server does
+# (uvicorn: 5 s). httpx's default is also 5 s: a connection reused just as the server closes it
+# fails with ReadError, which one request of a 256-stream run once did.
+KEEPALIVE_EXPIRY_S = 1.0
 DEFAULT_RATES = [4, 8, 16, 32, math.inf]
 
 
@@ -132,20 +136,26 @@ async def send(client: httpx.AsyncClient, model: str, prompt: list[int], max_tok
     return result
 
 
+def client_for(url: str, headers: dict) -> httpx.AsyncClient:
+    """The benchmark's HTTP client: no client-side queueing (unbounded pool), no timeout, idle
+    connections dropped after ``KEEPALIVE_EXPIRY_S``."""
+    import httpx
+
+    limits = httpx.Limits(max_connections=None, max_keepalive_connections=None, keepalive_expiry=KEEPALIVE_EXPIRY_S)
+    return httpx.AsyncClient(base_url=url, timeout=None, limits=limits, headers=headers)
+
+
 async def run_concurrency(url: str, model: str, requests: list[tuple[list[int], int]], concurrency: int,
                           headers: dict) -> tuple[list[RequestResult], float]:
     """Send ``requests`` with ``concurrency`` streams open at once (vLLM's
     ``--max-concurrency`` with every request queued at the start)."""
-    import httpx
-
-    limits = httpx.Limits(max_connections=None, max_keepalive_connections=None)
     slots = asyncio.Semaphore(concurrency)
 
     async def one(client, prompt, max_tokens):
         async with slots:
             return await send(client, model, prompt, max_tokens)
 
-    async with httpx.AsyncClient(base_url=url, timeout=None, limits=limits, headers=headers) as client:
+    async with client_for(url, headers) as client:
         start = time.perf_counter()
         results = await asyncio.gather(*(one(client, p, m) for p, m in requests))
         return results, time.perf_counter() - start
@@ -154,10 +164,7 @@ async def run_concurrency(url: str, model: str, requests: list[tuple[list[int], 
 async def run_rate(url: str, model: str, requests: list[tuple[list[int], int]], rate: float, seed: int,
                    headers: dict) -> tuple[list[RequestResult], float]:
     """Send ``requests`` at ``rate``; returns their results and the run's duration."""
-    import httpx
-
-    limits = httpx.Limits(max_connections=None, max_keepalive_connections=None)  # no client-side queueing
-    async with httpx.AsyncClient(base_url=url, timeout=None, limits=limits, headers=headers) as client:
+    async with client_for(url, headers) as client:
         start = time.perf_counter()
         tasks = []
         for (prompt, max_tokens), at in zip(requests, arrival_times(len(requests), rate, seed)):
