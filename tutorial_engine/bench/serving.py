@@ -59,7 +59,7 @@ if TYPE_CHECKING:  # imported where used, so the command line runs without the s
 PERCENTILES = (50, 90, 99)
 # The client closes an idle pooled connection after this long, well before a server does
 # (uvicorn: 5 s). httpx's default is also 5 s: a connection reused just as the server closes it
-# fails with ReadError, which one request of a 256-stream run once did.
+# fails with ReadError (the likely cause of one failed request in a 256-stream run).
 KEEPALIVE_EXPIRY_S = 1.0
 DEFAULT_RATES = [4, 8, 16, 32, math.inf]
 
