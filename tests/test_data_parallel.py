@@ -52,6 +52,8 @@ async def generate(replicas: ReplicaSet, prompt, params: SamplingParams) -> str:
 
 
 def test_two_replicas_give_one_engines_greedy_text_through_the_same_server(cluster, config):
+    from ray import serve
+
     params = SamplingParams(temperature=0.0, max_tokens=12)
     expected = [out["text"] for out in LLM(config.model, dtype="float32").generate(PROMPTS * 2, params)]
     replicas = ReplicaSet(deploy(config, 2, "power_of_two", cpus_per_replica=0.5), config)
@@ -67,6 +69,8 @@ def test_two_replicas_give_one_engines_greedy_text_through_the_same_server(clust
                 break
             assert asyncio.run(all_of_them()) == expected
         assert len(replicas.requests_per_replica) == 2, replicas.requests_per_replica
+        # The engine's front end is the only HTTP server: no Ray Serve proxy holding port 8000.
+        assert serve.status().proxies == {}
         with ServerThread(build_app(replicas, "m", api_key="k")) as url:
             client = OpenAI(base_url=f"{url}/v1", api_key="k")
             reply = client.completions.create(model="m", prompt=PROMPTS[0], max_tokens=12, temperature=0)

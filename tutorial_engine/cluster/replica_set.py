@@ -55,6 +55,9 @@ def deploy(config: EngineConfig, data_parallel_size: int, router: str = "prefix_
     if router not in ROUTERS:
         raise ValueError(f"router={router!r} is not one of {ROUTERS}.")
     connect()
+    # No Ray Serve HTTP proxy: the engine's FastAPI front end serves HTTP and reaches the replicas
+    # through the handle. A proxy would hold Ray's default 127.0.0.1:8000, the server's own port.
+    serve.start(proxy_location="Disabled")
     options = {"num_replicas": data_parallel_size, "max_ongoing_requests": 1_000_000,  # the engine queues
                "health_check_period_s": 2, "health_check_timeout_s": 30, "graceful_shutdown_timeout_s": 5,
                "ray_actor_options": {"num_cpus": cpus_per_replica,
