@@ -24,6 +24,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from .glued_words import ZH_SUFFIX
+
 LANGUAGE = "zh_CN"
 # Settings the Chinese edition changes; everything else comes from _config.yml.
 ZH_OVERRIDES = {
@@ -128,8 +130,8 @@ _MATH = re.compile(r"\$\$.+?\$\$|\$[^$\s](?:[^$]*?[^$\s])?\$", re.S)
 _LINK = re.compile(r"\]\(([^)\s]+)\)")
 _URL = re.compile(r"(?<![(<\w])https?://[^\s)>\]]+")
 _TARGET = re.compile(r"^(.*?)\s*<([^<>]+)>$", re.S)
-# A glue role naming a word's Chinese twin (``{glue:text}`m_goal_zh```, see book/glued_words.py).
-_GLUED_TWIN = re.compile(r"(\{glue(?::\w+)?\}`(?:[^`]*::)?\w+?)_zh(?=[:`])")
+# A glue role and its target: ``{glue:text}`book/x.ipynb::key:.1f``` (notebook and format optional).
+_GLUE_ROLE = re.compile(r"(\{glue(?::\w+)?\}`)([^`]+)`")
 # Words a message may keep in English when nothing else in it is English: names of systems and
 # the field's terms that Chinese engineers write in English (the glossary's term table).
 KEEP_ENGLISH = {
@@ -179,6 +181,20 @@ def _emphasis(text: str) -> tuple[int, int]:
     return html.count("<strong>"), html.count("<em>")
 
 
+def _glue_target(target: str) -> tuple[str, str, str]:
+    """``"book/x.ipynb::key:.1f"`` -> ``("book/x.ipynb", "key", ":.1f")``; parts left out are ``""``."""
+    where, _, rest = target.rpartition("::")
+    key, colon, fmt = rest.partition(":")
+    return where, key, colon + fmt
+
+
+def _as_english_key(role: re.Match) -> str:
+    """A glue role with its key's ``_zh`` suffix (a Chinese twin's) removed."""
+    where, key, fmt = _glue_target(role.group(2))
+    key = key.removesuffix(ZH_SUFFIX)
+    return f"{role.group(1)}{where + '::' if where else ''}{key}{fmt}`"
+
+
 def message_problems(msgid: str, msgstr: str, fuzzy: bool) -> list[str]:
     """What is wrong with one translated message (nothing: an empty list)."""
     if not msgstr:
@@ -187,7 +203,7 @@ def message_problems(msgid: str, msgstr: str, fuzzy: bool) -> list[str]:
     if msgstr == msgid and _prose_words(msgid):
         problems.append("the English copied through")
     pieces = protected(msgid)
-    msgstr = _GLUED_TWIN.sub(r"\1", msgstr)  # a glued word's Chinese twin stands for the word
+    msgstr = _GLUE_ROLE.sub(_as_english_key, msgstr)  # a glued word's Chinese twin stands for the word
     for piece in dict.fromkeys(pieces):
         if "…<" in piece:
             lost = not _kept(piece, msgstr)
@@ -260,20 +276,19 @@ def glued_word_problems(root: Path, locale_dir: Path) -> dict[str, list[str]]:
     for notebook in sorted((root / "book").glob("*.ipynb")):
         page = notebook.relative_to(root).with_suffix("").as_posix()
         glued = _glued_text(notebook)
-        english[page] = {key for key, text in glued.items() if not key.endswith("_zh") and _prose_words(text)}
-        for key in sorted(english[page] - {k[:-3] for k in glued if k.endswith("_zh")}):
-            report.setdefault(page, []).append(
-                f"glues the English {glued[key]} as {key} with no Chinese twin: use glued_words.glue_words")
+        english[page] = {key for key, text in glued.items() if not key.endswith(ZH_SUFFIX) and _prose_words(text)}
+        for key in sorted(english[page] - {k.removesuffix(ZH_SUFFIX) for k in glued if k.endswith(ZH_SUFFIX)}):
+            report.setdefault(page, []).append(f"the notebook glues the English {glued[key]} as {key} with no "
+                                               "Chinese twin: use glued_words.glue_words")
     for po in sorted((locale_dir / LANGUAGE / "LC_MESSAGES").rglob("*.po")):
         page = po.relative_to(locale_dir / LANGUAGE / "LC_MESSAGES").with_suffix("").as_posix()
         with po.open("rb") as f:
             messages = [m.string for m in read_po(f) if m.id and m.string]
         for text in messages:
-            for target in re.findall(r"\{glue(?::\w+)?\}`([^`]+)`", text):
-                where, _, key = target.rpartition("::")
-                key = key.split(":")[0]
+            for role in _GLUE_ROLE.finditer(text):
+                where, key, _ = _glue_target(role.group(2))
                 if key in english.get(where.removesuffix(".ipynb") or page, set()):
-                    report.setdefault(page, []).append(f"glues the English word {key}: name {key}_zh")
+                    report.setdefault(page, []).append(f"glues the English word {key}: name {key}{ZH_SUFFIX}")
     return report
 
 
